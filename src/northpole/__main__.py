@@ -1,0 +1,5 @@
+"""Allow ``python -m northpole``."""
+
+from northpole.cli.main import main
+
+main()

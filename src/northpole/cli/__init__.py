@@ -1,0 +1,1 @@
+"""The ``northpole`` command line."""

@@ -1,0 +1,51 @@
+"""``northpole``: one Typer app, ``northpole <part> <verb>``.
+
+Results go to stdout (plain or JSON, for scripts); banners, tables and errors
+for people go to stderr through rich.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from northpole.cli import id_commands, serve_commands, token_commands
+from northpole.core.errors import NorthpoleError
+
+app = typer.Typer(
+    name="northpole",
+    help="Santa's distributed gift management system.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("up")(serve_commands.up)
+idgen_app = typer.Typer(help="The Gift ID service.", no_args_is_help=True)
+idgen_app.command("serve")(serve_commands.idgen_serve)
+app.add_typer(idgen_app, name="idgen")
+app.add_typer(id_commands.app, name="id")
+app.add_typer(token_commands.app, name="token")
+
+
+@app.command("version")
+def version(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also the Python version.")
+    ] = False,
+) -> None:
+    """Print the northpole version."""
+    import northpole
+
+    typer.echo(northpole.__version__ + (f" (Python {sys.version.split()[0]})" if verbose else ""))
+
+
+def main() -> None:
+    """Run the CLI, turning northpole errors into a message and exit code 2."""
+    try:
+        app()
+    except NorthpoleError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        raise SystemExit(2) from None

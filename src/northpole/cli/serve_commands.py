@@ -1,0 +1,76 @@
+"""``northpole up`` and ``northpole <part> serve``: run services over HTTP."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+
+from northpole.core.auth import Role, TokenService, load_secret
+from northpole.core.logging import configure_logging
+from northpole.core.server import serve
+from northpole.core.settings import Settings
+from northpole.system import PARTS, build_app
+
+HostOption = Annotated[str | None, typer.Option(help="Interface to listen on.")]
+PortOption = Annotated[int | None, typer.Option(help="TCP port to listen on.")]
+
+
+def _settings(host: str | None, port: int | None) -> Settings:
+    settings = Settings()
+    if host is not None:
+        settings.http.host = host
+    if port is not None:
+        settings.http.port = port
+    return settings
+
+
+def _banner(settings: Settings, parts: list[str]) -> None:
+    base = f"http://{settings.http.host}:{settings.http.port}"
+    tokens = TokenService(load_secret(settings), settings.auth)
+    token = tokens.issue(sub="local-operator", role=Role.OPERATOR, ttl_s=3600)
+    rows = [
+        ("serving", ", ".join(parts) + " (embedded edition)"),
+        ("data directory", str(settings.data_dir.resolve())),
+        ("API docs", f"{base}/docs"),
+        ("metrics", f"{base}/metrics"),
+        ("liveness", f"{base}/healthz"),
+        ("readiness", f"{base}/readyz"),
+    ]
+    console = Console(stderr=True, soft_wrap=True, highlight=False)
+    console.print(Panel("\n".join(f"[bold]{k:<15}[/] {v}" for k, v in rows), title="northpole"))
+    console.print("Try it with an operator token valid for one hour (stop with Ctrl-C):")
+    console.print(f"  export TOKEN={token}", markup=False)
+    console.print(
+        f'  curl -s -X POST -H "Authorization: Bearer $TOKEN" -d \'{{"count": 3}}\' '
+        f"{base}/api/v1/gift-id/generate",
+        markup=False,
+    )
+
+
+def _run(settings: Settings, parts: list[str]) -> None:
+    configure_logging(service="northpole", level=settings.log_level, fmt=settings.log_format)
+    app = build_app(settings, parts=parts)
+    _banner(settings, parts)
+    serve(app, settings)
+
+
+def up(host: HostOption = None, port: PortOption = None) -> None:
+    """Run every service in one process on one port (embedded edition)."""
+    _run(_settings(host, port), list(PARTS))
+
+
+def idgen_serve(
+    host: HostOption = None,
+    port: PortOption = None,
+    workshop_id: Annotated[
+        int | None, typer.Option(min=0, max=1023, help="Workshop id, 0-1023.")
+    ] = None,
+) -> None:
+    """Run the Gift ID service alone."""
+    settings = _settings(host, port)
+    if workshop_id is not None:
+        settings.idgen.workshop_id = workshop_id
+    _run(settings, ["idgen"])

@@ -1,0 +1,1 @@
+"""Shared core used by every part: settings, errors, logging, metrics, auth, clock, HTTP app."""

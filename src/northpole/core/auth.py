@@ -1,0 +1,192 @@
+"""JWT bearer-token authentication with four roles, enforced by one FastAPI dependency.
+
+Tokens are signed JWTs (PyJWT) carrying ``sub`` (who), ``role`` (what they may
+do), ``iat``, ``exp``, ``iss`` and ``aud``. ``admin`` may do everything; routes
+name the other roles they admit::
+
+    @router.post("/things", dependencies=[require_roles(Role.OPERATOR, Role.WORKER)])
+
+A missing, malformed, forged or expired token is a 401; a valid token with a
+role the route does not admit is a 403.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import jwt
+from fastapi import Depends, Request
+
+from northpole.core.clock import Clock, SystemClock
+from northpole.core.errors import ConfigurationError, Forbidden, InvalidInput, Unauthenticated
+from northpole.core.settings import AuthSettings, Settings
+
+SECRET_FILE_NAME = "jwt-secret"  # noqa: S105 - a file name, not a secret
+_MIN_SECRET_BYTES = 32
+
+
+class Role(StrEnum):
+    """What a token's holder may do."""
+
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    WORKER = "worker"
+    PARTICIPANT = "participant"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The verified holder of a token."""
+
+    sub: str
+    role: Role
+
+
+class TokenService:
+    """Issue and verify tokens with one shared secret.
+
+    Args:
+        secret: The HMAC key (at least 32 bytes).
+        settings: Algorithm, issuer, audience, default lifetime and leeway.
+        clock: Where ``iat``/``exp`` come from.
+    """
+
+    def __init__(
+        self, secret: bytes, settings: AuthSettings, *, clock: Clock | None = None
+    ) -> None:
+        if len(secret) < _MIN_SECRET_BYTES:
+            raise ConfigurationError(
+                f"the JWT secret must be at least {_MIN_SECRET_BYTES} bytes long"
+            )
+        self._secret = secret
+        self._settings = settings
+        self._clock = clock or SystemClock()
+
+    def issue(self, *, sub: str, role: Role | str, ttl_s: int | None = None) -> str:
+        """Return a signed token for ``sub`` with ``role``, valid for ``ttl_s`` seconds.
+
+        Raises:
+            InvalidInput: Unknown role, empty subject or a non-positive lifetime.
+        """
+        if not sub:
+            raise InvalidInput("subject must not be empty", field="sub")
+        try:
+            checked_role = Role(role)
+        except ValueError as exc:
+            allowed = ", ".join(r.value for r in Role)
+            raise InvalidInput(f"role must be one of {allowed}", field="role") from exc
+        ttl = self._settings.default_ttl_s if ttl_s is None else ttl_s
+        if ttl <= 0:
+            raise InvalidInput("ttl must be a positive number of seconds", field="ttl")
+        now_s = self._clock.now_ms() // 1000
+        claims: dict[str, Any] = {
+            "sub": sub,
+            "role": checked_role.value,
+            "iat": now_s,
+            "exp": now_s + ttl,
+            "iss": self._settings.issuer,
+            "aud": self._settings.audience,
+        }
+        return jwt.encode(claims, self._secret, algorithm=self._settings.algorithm)
+
+    def verify(self, token: str) -> Principal:
+        """Return the principal a token names.
+
+        Raises:
+            Unauthenticated: The token is malformed, forged, expired or for another audience.
+        """
+        now_s = self._clock.now_ms() / 1000
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[self._settings.algorithm],
+                audience=self._settings.audience,
+                issuer=self._settings.issuer,
+                leeway=self._settings.leeway_s,
+                options={"require": ["sub", "exp", "iat", "role"], "verify_exp": False},
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"invalid token: {exc}") from exc
+        # Expiry is checked against our Clock, not PyJWT's, so tests can move time.
+        if float(claims["exp"]) + self._settings.leeway_s < now_s:
+            raise Unauthenticated("token has expired")
+        try:
+            role = Role(claims["role"])
+        except ValueError as exc:
+            raise Unauthenticated("token names an unknown role") from exc
+        return Principal(sub=str(claims["sub"]), role=role)
+
+
+def load_secret(settings: Settings) -> bytes:
+    """Return the signing secret, creating one in the data directory if none is configured.
+
+    Order: ``auth.secret``, then ``auth.secret_file``, then ``<data_dir>/jwt-secret``
+    (created with mode 0600 on first use).
+
+    Raises:
+        ConfigurationError: A configured secret file cannot be read.
+    """
+    auth = settings.auth
+    if auth.secret is not None:
+        return auth.secret.get_secret_value().encode()
+    if auth.secret_file is not None:
+        try:
+            return auth.secret_file.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read auth.secret_file: {exc}") from exc
+    return _load_or_create(settings.ensure_data_dir() / SECRET_FILE_NAME)
+
+
+def _load_or_create(path: Path) -> bytes:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes().strip()
+    try:
+        os.write(fd, secrets.token_hex(32).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path.read_bytes().strip()
+
+
+def _bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthenticated("missing Authorization header (expected 'Bearer <token>')")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+def authenticate(request: Request) -> Principal:
+    """FastAPI dependency: the principal of the request's bearer token (401 if none)."""
+    tokens: TokenService = request.app.state.tokens
+    return tokens.verify(_bearer_token(request))
+
+
+CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
+
+
+def require_roles(*roles: Role) -> Any:
+    """Return a dependency admitting ``admin`` and the given roles; any valid token if none.
+
+    Returns:
+        A ``Depends`` object for a route's ``dependencies`` list or a parameter default.
+    """
+    admitted = frozenset((Role.ADMIN, *roles))
+
+    def check(principal: CurrentPrincipal) -> Principal:
+        if roles and principal.role not in admitted:
+            names = ", ".join(sorted(r.value for r in admitted))
+            raise Forbidden(f"role '{principal.role.value}' may not do this (needs one of {names})")
+        return principal
+
+    return Depends(check)

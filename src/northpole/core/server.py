@@ -1,0 +1,41 @@
+"""Run an app under uvicorn with a graceful stop on SIGTERM or Ctrl-C.
+
+uvicorn turns SIGTERM and SIGINT into a graceful shutdown: it stops accepting
+connections, lets in-flight requests finish (up to ``http.shutdown_timeout_s``),
+then runs the app's lifespan exit, where each part releases what it holds
+(locks, leases, files).
+"""
+
+from __future__ import annotations
+
+import uvicorn
+from fastapi import FastAPI
+
+from northpole.core.settings import Settings
+
+
+def build_server(app: FastAPI, settings: Settings) -> uvicorn.Server:
+    """Return a uvicorn server for ``app`` bound to the settings' host and port."""
+    config = uvicorn.Config(
+        app,
+        host=settings.http.host,
+        port=settings.http.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.http.shutdown_timeout_s),
+        server_header=False,
+    )
+    return uvicorn.Server(config)
+
+
+def serve(app: FastAPI, settings: Settings) -> None:
+    """Serve ``app`` until SIGTERM or Ctrl-C, then stop cleanly.
+
+    Raises:
+        SystemExit: The server could not start (for example the port is taken).
+    """
+    server = build_server(app, settings)
+    server.run()
+    if not server.started:
+        raise SystemExit(1)

@@ -1,0 +1,82 @@
+"""Settings, read once at start-up from ``NORTHPOLE_*`` environment variables.
+
+Nested groups use a double underscore: ``NORTHPOLE_IDGEN__WORKSHOP_ID=7``.
+Nothing in northpole builds :class:`Settings` at import time; the CLI builds it
+once and passes it down.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: 2025-01-01T00:00:00Z in Unix milliseconds: the default Gift ID epoch.
+DEFAULT_EPOCH_MS = 1_735_689_600_000
+
+
+class LogFormat(StrEnum):
+    """How log lines are rendered."""
+
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class AuthSettings(BaseModel):
+    """JWT authentication.
+
+    In the embedded edition, leave ``secret`` and ``secret_file`` unset: a random
+    key is created in the data directory on first start. In the cluster edition
+    give every instance the same ``secret`` (or ``secret_file``).
+    """
+
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+    algorithm: str = "HS256"
+    issuer: str = "northpole"
+    audience: str = "northpole"
+    default_ttl_s: int = Field(default=3600, ge=1)
+    leeway_s: int = Field(default=5, ge=0)
+
+
+class IdGenSettings(BaseModel):
+    """The Gift ID generator."""
+
+    workshop_id: int = Field(default=0, ge=0, le=1023)
+    epoch_ms: int = Field(default=DEFAULT_EPOCH_MS, ge=0)
+    clock_tolerance_ms: int = Field(default=10, ge=0, le=10_000)
+    reserve_ms: int = Field(default=1000, ge=10, le=60_000)
+    collision_sample_every: int = Field(default=64, ge=1)
+
+
+class HttpSettings(BaseModel):
+    """The HTTP server."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    shutdown_timeout_s: float = Field(default=10.0, ge=0)
+
+
+class Settings(BaseSettings):
+    """Every setting of a northpole process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NORTHPOLE_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    data_dir: Path = Path(".northpole")
+    log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.JSON
+    http: HttpSettings = HttpSettings()
+    auth: AuthSettings = AuthSettings()
+    idgen: IdGenSettings = IdGenSettings()
+
+    def ensure_data_dir(self) -> Path:
+        """Create the data directory (mode 0700) if missing and return it."""
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self.data_dir
