@@ -7,8 +7,11 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_WORKERS ?= auto
+# Debian packages the tests need (promtool checks the Prometheus rules) and the benchmarks need.
+TEST_DEBS := prometheus
+BENCH_DEBS := wrk
 
-.PHONY: install run test lint typecheck pytest bench format clean
+.PHONY: install system-deps run test lint typecheck pytest bench format clean
 
 install: $(STAMP)
 
@@ -17,6 +20,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	@touch $(STAMP)
+
+system-deps:
+	@bash scripts/ensure-debs.sh $(TEST_DEBS)
 
 run: install
 	$(BIN)/northpole up --host $(HOST) --port $(PORT)
@@ -30,10 +36,11 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install
+pytest: install system-deps
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --cov --cov-report=term
 
 bench: install
+	@bash scripts/ensure-debs.sh $(BENCH_DEBS)
 	$(BIN)/python bench/idgen.py
 
 format: install

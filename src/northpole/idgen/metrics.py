@@ -23,7 +23,7 @@ class IdGenMetrics:
     @classmethod
     def register(cls, registry: CollectorRegistry) -> IdGenMetrics:
         """Create the metrics on ``registry``."""
-        return cls(
+        metrics = cls(
             generated=Counter(
                 "gift_id_generated", "Gift IDs issued by this instance.", registry=registry
             ),
@@ -45,6 +45,9 @@ class IdGenMetrics:
                 registry=registry,
             ),
         )
+        for outcome in ("waited", "refused"):
+            metrics.clock_backwards.labels(outcome)
+        return metrics
 
     def clock_went_back(self, behind_ms: int, refused: bool) -> None:
         """Count one backwards jump; matches the generator's hook signature."""
