@@ -36,7 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 
 #: Progress and summaries for people; stdout stays pure JSON lines.
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 #: Produces some IDs (or does some work units) and returns how many it made.
 Producer = Callable[[int], int]
@@ -47,7 +47,7 @@ Producer = Callable[[int], int]
 
 def emit(record: Mapping[str, Any]) -> None:
     """Write one case's result to stdout as a single JSON line, and flush it."""
-    sys.stdout.write(json.dumps(record, separators=(", ", ": ")) + "\n")
+    sys.stdout.write(json.dumps(record, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
@@ -60,16 +60,20 @@ def ratio(numerator: float, denominator: float | None, digits: int = 3) -> float
 
 def case_record(case: str, n: int, seconds: float, **extra: Any) -> dict[str, Any]:
     """Build the common part of a result: case, n, seconds and rate (n per second)."""
-    rate = n / seconds if seconds > 0 else math.nan
-    return {"case": case, "n": n, "seconds": round(seconds, 3), "rate": round(rate, 1), **extra}
+    rate = round(n / seconds, 1) if seconds > 0 else None
+    return {"case": case, "n": n, "seconds": round(seconds, 3), "rate": rate, **extra}
 
 
 def with_target(
     record: dict[str, Any], target: float, *, key: str = "rate", higher_is_better: bool = True
 ) -> None:
-    """Add ``target`` and ``meets_target`` for the record's ``key`` value (in place)."""
+    """Add ``target``, what it applies to and ``meets_target`` to ``record`` (in place).
+
+    ``target_on`` reads like ``"rate >="`` or ``"peak_rss_mb <"``.
+    """
     value = record[key]
     record["target"] = target
+    record["target_on"] = f"{key} {'>=' if higher_is_better else '<'}"
     if value is None:
         record["meets_target"] = None
     else:
@@ -229,6 +233,8 @@ class Server:
     base_url: str
     log_path: Path
     env: dict[str, str]
+    #: Set when it has been stopped: False if SIGTERM was not enough.
+    stopped_on_sigterm: bool | None = None
 
     @property
     def pid(self) -> int:
@@ -251,8 +257,8 @@ def wait_ready(server: Server, path: str, timeout_s: float) -> None:
         while time.monotonic() < deadline:
             if server.proc.poll() is not None:
                 raise RuntimeError(
-                    f"server exited with {server.proc.returncode} before it was ready:\n"
-                    + server.log_tail()
+                    f"server exited with {server.proc.returncode} before it was ready; "
+                    f"its last output:\n{server.log_tail() or '(none)'}"
                 )
             with contextlib.suppress(httpx.HTTPError):
                 if client.get(path).status_code == 200:
@@ -263,17 +269,23 @@ def wait_ready(server: Server, path: str, timeout_s: float) -> None:
     )
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> int:
-    """Send SIGTERM and wait; SIGKILL if it has not exited in ``timeout_s``. Returns the code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            console.print(f"[red]pid {proc.pid} ignored SIGTERM for {timeout_s} s; killing it[/]")
-            proc.kill()
-            proc.wait(timeout=timeout_s)
-    return proc.returncode
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> bool:
+    """Send SIGTERM and wait; SIGKILL if it has not exited in ``timeout_s``.
+
+    Returns whether it exited without needing SIGKILL. (Uvicorn re-raises the
+    SIGTERM after its graceful shutdown, so an exit code of -15 is normal.)
+    """
+    if proc.poll() is not None:
+        return True
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        console.print(f"[red]pid {proc.pid} ignored SIGTERM for {timeout_s} s; killing it[/]")
+        proc.kill()
+        proc.wait(timeout=timeout_s)
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -309,8 +321,8 @@ def serve(
             wait_ready(server, ready_path, ready_timeout_s)
             yield server
         finally:
-            code = stop_process(proc, stop_timeout_s)
-            console.print(f"server pid {proc.pid} stopped with exit code {code}")
+            server.stopped_on_sigterm = stop_process(proc, stop_timeout_s)
+            console.print(f"server pid {proc.pid} exited with code {proc.returncode}")
 
 
 # -- load generation with wrk ---------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-import httpx
 import orjson
 import typer
 from rich.console import Console
@@ -24,10 +23,12 @@ app = typer.Typer(help="Make and read Gift IDs.", no_args_is_help=True)
 async def _local_ids(settings: Settings, count: int) -> list[int]:
     service = IdGenService(settings.idgen, data_dir=settings.data_dir, registry=new_registry())
     async with service.lifespan():
-        return service.generate(count)
+        return [gift_id for run in service.generate(count) for gift_id in run]
 
 
 def _remote_ids(url: str, token: str, count: int) -> list[int]:
+    import httpx  # only this command needs an HTTP client; keep it out of servers' memory
+
     ids: list[int] = []
     with httpx.Client(base_url=url, timeout=10.0) as client:
         while len(ids) < count:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -29,8 +30,6 @@ def _settings(host: str | None, port: int | None) -> Settings:
 
 def _banner(settings: Settings, parts: list[str]) -> None:
     base = f"http://{settings.http.host}:{settings.http.port}"
-    tokens = TokenService(load_secret(settings), settings.auth)
-    token = tokens.issue(sub="local-operator", role=Role.OPERATOR, ttl_s=3600)
     rows = [
         ("serving", ", ".join(parts) + " (embedded edition)"),
         ("data directory", str(settings.data_dir.resolve())),
@@ -41,6 +40,11 @@ def _banner(settings: Settings, parts: list[str]) -> None:
     ]
     console = Console(stderr=True, soft_wrap=True, highlight=False)
     console.print(Panel("\n".join(f"[bold]{k:<15}[/] {v}" for k, v in rows), title="northpole"))
+    if not sys.stderr.isatty():  # keep tokens out of captured logs
+        console.print("Make a token with: northpole token create --role operator --sub you")
+        return
+    tokens = TokenService(load_secret(settings), settings.auth)
+    token = tokens.issue(sub="local-operator", role=Role.OPERATOR, ttl_s=3600)
     console.print("Try it with an operator token valid for one hour (stop with Ctrl-C):")
     console.print(f"  export TOKEN={token}", markup=False)
     console.print(

@@ -3,10 +3,14 @@
 uvicorn turns SIGTERM and SIGINT into a graceful shutdown: it stops accepting
 connections, lets in-flight requests finish (up to ``http.shutdown_timeout_s``),
 then runs the app's lifespan exit, where each part releases what it holds
-(locks, leases, files).
+(locks, leases, files). The process then exits 0; a server that could not
+start exits 1.
 """
 
 from __future__ import annotations
+
+import signal
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -36,6 +40,18 @@ def serve(app: FastAPI, settings: Settings) -> None:
         SystemExit: The server could not start (for example the port is taken).
     """
     server = build_server(app, settings)
-    server.run()
+    # uvicorn re-raises the signal that stopped it once it has shut down; with
+    # these handlers in place that re-raise is a no-op and a graceful stop
+    # exits 0, as process supervisors expect.
+    previous = {sig: signal.signal(sig, _stopped_by) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if not server.started:
         raise SystemExit(1)
+
+
+def _stopped_by(signum: int, frame: FrameType | None) -> None:
+    """Swallow the signal uvicorn re-raises after a graceful shutdown."""

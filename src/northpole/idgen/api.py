@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
-import orjson
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
@@ -18,6 +17,7 @@ from northpole.core.app import json_response
 from northpole.core.auth import Role, require_roles
 from northpole.core.validation import parse_body
 from northpole.idgen.snowflake import IDS_PER_MS, parse_id
+from northpole.idgen.wire import ids_json
 
 if TYPE_CHECKING:
     from northpole.idgen.service import IdGenService
@@ -84,8 +84,7 @@ def build_router(service: IdGenService) -> APIRouter:
     async def generate(request: Request) -> Response:
         raw = await request.body()
         count = parse_body(raw, GenerateRequest).count if raw.strip() else 1
-        ids = service.generate(count)
-        return Response(orjson.dumps({"ids": list(map(str, ids))}), media_type="application/json")
+        return Response(ids_json(service.generate(count)), media_type="application/json")
 
     @router.get(
         "/{id}/decode",

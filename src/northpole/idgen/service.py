@@ -118,8 +118,8 @@ class IdGenService:
             return Readiness(False, f"clock is {behind} ms behind the last issued ID")
         return Readiness(True)
 
-    def generate(self, count: int = 1) -> list[int]:
-        """Issue ``count`` IDs.
+    def generate(self, count: int = 1) -> list[range]:
+        """Issue ``count`` IDs, as runs of consecutive IDs (see ``IdGenerator.next_runs``).
 
         Raises:
             Unavailable: Not started, lease lost, or the clock is too far behind.
@@ -129,12 +129,13 @@ class IdGenService:
         if generator is None or lease is None:
             raise Unavailable("the gift id generator is not running")
         lease.check()
-        ids = generator.next_ids(count) if count != 1 else [generator.next_id()]
-        self.metrics.generated.inc(len(ids))
-        if hits := self._detector.observe(ids):
-            self.metrics.collisions.inc(hits)
-            _log.error("duplicate gift id detected", hits=hits, gift_id=str(ids[0]))
-        return ids
+        runs = generator.next_runs(count)
+        self.metrics.generated.inc(count)
+        for run in runs:
+            if hits := self._detector.observe(run):
+                self.metrics.collisions.inc(hits)
+                _log.error("duplicate gift id detected", hits=hits, gift_id=str(run[0]))
+        return runs
 
     def decode(self, gift_id: int) -> DecodedId:
         """Decode an ID against this service's epoch."""
