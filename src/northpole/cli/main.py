@@ -1,7 +1,8 @@
 """``northpole``: one Typer app, ``northpole <part> <verb>``.
 
-Results go to stdout (plain or JSON, for scripts); banners, tables and errors
-for people go to stderr through rich.
+Results go to stdout (plain lines or tables, JSON with ``--json``); banners,
+errors and log lines of short-lived commands go to stderr, so a command's
+stdout can be piped. Servers log JSON lines to stdout.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from rich.console import Console
 
 from northpole.cli import id_commands, serve_commands, token_commands
 from northpole.core.errors import NorthpoleError
+from northpole.core.logging import configure_logging
 
 app = typer.Typer(
     name="northpole",
@@ -44,6 +46,8 @@ def version(
 
 def main() -> None:
     """Run the CLI, turning northpole errors into a message and exit code 2."""
+    # Short-lived commands log warnings only, to stderr; servers reconfigure at start.
+    configure_logging(service="northpole-cli", level="WARNING", stream=sys.stderr)
     try:
         app()
     except NorthpoleError as exc:

@@ -100,7 +100,6 @@ class TokenService:
         Raises:
             Unauthenticated: The token is malformed, forged, expired or for another audience.
         """
-        now_s = self._clock.now_ms() / 1000
         try:
             claims = jwt.decode(
                 token,
@@ -108,19 +107,40 @@ class TokenService:
                 algorithms=[self._settings.algorithm],
                 audience=self._settings.audience,
                 issuer=self._settings.issuer,
-                leeway=self._settings.leeway_s,
-                options={"require": ["sub", "exp", "iat", "role"], "verify_exp": False},
+                options={
+                    "require": ["sub", "exp", "iat", "role"],
+                    # Times are checked below against our Clock, not the machine's.
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
             )
         except jwt.PyJWTError as exc:
             raise Unauthenticated(f"invalid token: {exc}") from exc
-        # Expiry is checked against our Clock, not PyJWT's, so tests can move time.
-        if float(claims["exp"]) + self._settings.leeway_s < now_s:
-            raise Unauthenticated("token has expired")
+        self._check_times(claims)
         try:
             role = Role(claims["role"])
         except ValueError as exc:
             raise Unauthenticated("token names an unknown role") from exc
         return Principal(sub=str(claims["sub"]), role=role)
+
+    def _check_times(self, claims: dict[str, Any]) -> None:
+        """Reject tokens that expired, or were issued in the future, by our clock."""
+        now_s = self._clock.now_ms() / 1000
+        leeway = self._settings.leeway_s
+        if _numeric_claim(claims, "exp") + leeway <= now_s:
+            raise Unauthenticated("token has expired")
+        if _numeric_claim(claims, "iat") - leeway > now_s:
+            raise Unauthenticated("token was issued in the future (check the clocks)")
+        if "nbf" in claims and _numeric_claim(claims, "nbf") - leeway > now_s:
+            raise Unauthenticated("token is not valid yet")
+
+
+def _numeric_claim(claims: dict[str, Any], name: str) -> float:
+    value = claims.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Unauthenticated(f"token claim '{name}' must be a number of seconds")
+    return float(value)
 
 
 def load_secret(settings: Settings) -> bytes:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 import structlog
@@ -70,14 +70,20 @@ def shared_processors(service: str) -> list[Processor]:
 
 
 def configure_logging(
-    *, service: str, level: str = "INFO", fmt: LogFormat = LogFormat.JSON
+    *,
+    service: str,
+    level: str = "INFO",
+    fmt: LogFormat = LogFormat.JSON,
+    stream: TextIO | None = None,
 ) -> None:
-    """Send every log line, ours and the standard library's, to stdout in one format.
+    """Send every log line, ours and the standard library's, to one stream in one format.
 
     Args:
         service: The value of the ``service`` key on every line.
         level: The lowest level logged (``DEBUG``, ``INFO``, ...).
         fmt: ``json`` for machines, ``console`` for people at a terminal.
+        stream: Where lines go (default stdout, as servers log; commands whose
+            stdout is their result log to stderr).
     """
     renderer: Processor
     if fmt is LogFormat.JSON:
@@ -100,7 +106,7 @@ def configure_logging(
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
