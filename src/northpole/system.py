@@ -35,8 +35,11 @@ def build_app(
     *,
     parts: Sequence[str] | None = None,
     clock: Clock | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> FastAPI:
     """Build an app serving ``parts`` (default: all) from ``settings``.
+
+    ``on_started`` is called once every part has started.
 
     Raises:
         ConfigurationError: An unknown part name.
@@ -50,4 +53,4 @@ def build_app(
     registry = new_registry()
     tokens = TokenService(load_secret(settings), settings.auth, clock=the_clock)
     built = [PARTS[name](settings, registry, the_clock) for name in names]
-    return create_app(settings, built, registry=registry, tokens=tokens)
+    return create_app(settings, built, registry=registry, tokens=tokens, on_started=on_started)

@@ -56,8 +56,7 @@ def _banner(settings: Settings, parts: list[str]) -> None:
 
 def _run(settings: Settings, parts: list[str]) -> None:
     configure_logging(service="northpole", level=settings.log_level, fmt=settings.log_format)
-    app = build_app(settings, parts=parts)
-    _banner(settings, parts)
+    app = build_app(settings, parts=parts, on_started=lambda: _banner(settings, parts))
     serve(app, settings)
 
 

@@ -13,7 +13,7 @@ Every app gets, besides the parts' routes:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,6 +25,7 @@ from starlette.responses import Response
 
 import northpole
 from northpole.core.auth import TokenService
+from northpole.core.errors import NorthpoleError
 from northpole.core.http_errors import install_error_handlers
 from northpole.core.logging import get_logger
 from northpole.core.metrics import CONTENT_TYPE_LATEST, HttpMetrics, render
@@ -71,6 +72,7 @@ def create_app(
     *,
     registry: CollectorRegistry,
     tokens: TokenService,
+    on_started: Callable[[], None] | None = None,
 ) -> FastAPI:
     """Build the app that serves ``parts``.
 
@@ -79,14 +81,21 @@ def create_app(
         parts: The services to mount, each entered in order at start-up.
         registry: The Prometheus registry behind ``/metrics``.
         tokens: Verifies bearer tokens on every API route.
+        on_started: Called once every part has started (for example to print a banner).
     """
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             for part in parts:
-                await stack.enter_async_context(part.lifespan())
+                try:
+                    await stack.enter_async_context(part.lifespan())
+                except NorthpoleError as exc:
+                    _log.error("start-up failed", part=part.name, code=exc.code, error=exc.message)
+                    raise
             _log.info("started", parts=[p.name for p in parts])
+            if on_started is not None:
+                on_started()
             yield
             _log.info("stopping", parts=[p.name for p in parts])
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -164,15 +165,25 @@ def load_secret(settings: Settings) -> bytes:
 
 
 def _load_or_create(path: Path) -> bytes:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    """Return the key in ``path``, creating it atomically if it does not exist.
+
+    The key is written to a private temporary file first and then hard-linked
+    into place, so a process starting at the same moment either sees no file
+    or the whole key, never an empty one; if two race, both use the winner's.
+    """
+    if path.exists():
         return path.read_bytes().strip()
+    fd, tmp = tempfile.mkstemp(prefix=".jwt-secret-", dir=path.parent)
     try:
         os.write(fd, secrets.token_hex(32).encode())
         os.fsync(fd)
-    finally:
         os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process won the race; use its key
+    finally:
+        os.unlink(tmp)
     return path.read_bytes().strip()
 
 

@@ -46,6 +46,10 @@ def serve(app: FastAPI, settings: Settings) -> None:
     previous = {sig: signal.signal(sig, _stopped_by) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.run()
+    except SystemExit:
+        # uvicorn exits 3 when start-up fails; northpole's commands exit 1.
+        if server.started:
+            raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
