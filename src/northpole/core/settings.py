@@ -51,6 +51,21 @@ class IdGenSettings(BaseModel):
     collision_sample_every: int = Field(default=64, ge=1)
 
 
+class TaskSettings(BaseModel):
+    """The task queue."""
+
+    partitions: int = Field(default=16, ge=1, le=4096)
+    aging_ms: int = Field(default=1000, ge=1, le=3_600_000)
+    lease_ms: int = Field(default=30_000, ge=100, le=3_600_000)
+    worker_ttl_ms: int = Field(default=30_000, ge=100, le=3_600_000)
+    sweep_interval_ms: int = Field(default=500, ge=10, le=60_000)
+    retry_base_ms: int = Field(default=1_000, ge=0)
+    retry_factor: float = Field(default=2.0, ge=1.0, le=10.0)
+    retry_max_ms: int = Field(default=300_000, ge=0)
+    target_drain_s: float = Field(default=60.0, gt=0)
+    max_claim_wait_s: float = Field(default=30.0, ge=0, le=300)
+
+
 class HttpSettings(BaseModel):
     """The HTTP server."""
 
@@ -75,6 +90,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     auth: AuthSettings = AuthSettings()
     idgen: IdGenSettings = IdGenSettings()
+    tasks: TaskSettings = TaskSettings()
 
     def ensure_data_dir(self) -> Path:
         """Create the data directory (mode 0700) if missing and return it."""
