@@ -71,7 +71,7 @@ class HttpSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_body_bytes: int = Field(default=8_388_608, ge=1024)
     shutdown_timeout_s: float = Field(default=10.0, ge=0)
 
 

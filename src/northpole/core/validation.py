@@ -44,19 +44,32 @@ def describe_error(error: Any) -> tuple[str, str | None]:
     return f"{field}: {error.get('msg', 'invalid value')}", field
 
 
-def parse_body(raw: bytes, model: type[M]) -> M:
-    """Parse a JSON body into ``model``.
+def load_json(raw: bytes) -> Any:
+    """Parse JSON bytes.
 
     Raises:
-        InvalidInput: The body is not JSON, or does not fit the model; ``field``
-            names the first offending field (``body`` for the body as a whole).
+        InvalidInput: The bytes are not JSON (``field`` is ``body``).
     """
     try:
-        data = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput("the request body is not valid JSON", field="body") from exc
+
+
+def validate(data: Any, model: type[M]) -> M:
+    """Check parsed JSON against ``model``.
+
+    Raises:
+        InvalidInput: ``field`` names the first offending field (``body`` for the
+            body as a whole).
+    """
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         message, field = describe_error(exc.errors()[0])
         raise InvalidInput(message, field=field) from exc
+
+
+def parse_body(raw: bytes, model: type[M]) -> M:
+    """Parse a JSON body into ``model`` (:func:`load_json` then :func:`validate`)."""
+    return validate(load_json(raw), model)

@@ -145,3 +145,4 @@ class TaskEvent:
     at_ms: int
     reason: str | None = None
     attempt: int = 0
+    started_ms: int | None = None

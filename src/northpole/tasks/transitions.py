@@ -66,6 +66,7 @@ def _event(old: Task, new: Task, reason: str | None = None) -> TaskEvent:
         at_ms=new.updated_ms,
         reason=reason,
         attempt=new.attempts,
+        started_ms=new.started_ms if new.started_ms is not None else old.started_ms,
     )
 
 

@@ -43,7 +43,7 @@ def test_settings_defaults() -> None:
     assert settings.log_level == "INFO"
     assert settings.log_format is LogFormat.JSON
     assert (settings.http.host, settings.http.port) == ("127.0.0.1", 8080)
-    assert settings.http.max_body_bytes == 1_048_576
+    assert settings.http.max_body_bytes == 8_388_608
     assert settings.auth.secret is None
     assert settings.auth.secret_file is None
     assert (settings.auth.algorithm, settings.auth.issuer, settings.auth.audience) == (
