@@ -9,6 +9,7 @@ a burst.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -32,19 +33,24 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.base_ms < 0:
             raise InvalidInput("must be >= 0", field="base_ms")
-        if self.factor < 1:
-            raise InvalidInput("must be >= 1", field="factor")
+        if not (math.isfinite(self.factor) and self.factor >= 1):
+            raise InvalidInput("must be a finite number >= 1", field="factor")
         if self.max_ms < self.base_ms:
             raise InvalidInput("must be >= base_ms", field="max_ms")
 
     def ceiling_ms(self, retry_number: int) -> int:
         """Return ``d`` for retry ``retry_number`` (1 for the first retry)."""
         exponent = max(0, retry_number - 1)
-        if exponent > 64:  # far past max_ms for any sane base; avoid float overflow
+        if self.base_ms == 0:
+            return 0
+        # Compare in logarithms first so a huge exponent cannot overflow a float.
+        if self.factor > 1 and exponent * math.log(self.factor) >= math.log(
+            self.max_ms / self.base_ms
+        ):
             return self.max_ms
         return int(min(self.max_ms, self.base_ms * self.factor**exponent))
 
     def delay_ms(self, retry_number: int, rng: random.Random) -> int:
         """Return the jittered delay before retry ``retry_number``, in ``[d/2, d]``."""
         ceiling = self.ceiling_ms(retry_number)
-        return ceiling // 2 + rng.randint(0, ceiling - ceiling // 2)
+        return rng.randint((ceiling + 1) // 2, ceiling)

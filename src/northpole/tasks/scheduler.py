@@ -15,7 +15,8 @@ tasks always land in one partition.
 
 **Consumer groups.** The live workers of a group share the partitions in
 rendezvous fashion: each partition goes to the worker with the highest
-``crc32(worker_id:partition)``. Every process computes the same answer from the
+``blake2b(worker_id:partition)`` (crc32 would do for partitions of gifts, but
+it is linear, which skews rendezvous shares badly). Every process computes the same answer from the
 same member list, and when a worker joins or leaves only its own partitions
 move (rebalancing). A worker that finds nothing in its partitions steals from
 the deepest partition of the group (work stealing).
@@ -26,6 +27,7 @@ drain the current depth within ``target_drain_s`` at the recent processing rate.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -53,9 +55,14 @@ def assign_partitions(partitions: int, workers: Iterable[str]) -> dict[str, list
     if not members:
         return owned
     for partition in range(partitions):
-        owner = max(members, key=lambda w: (zlib.crc32(f"{w}:{partition}".encode()), w))
+        owner = max(members, key=lambda w: (_weight(w, partition), w))
         owned[owner].append(partition)
     return owned
+
+
+def _weight(worker: str, partition: int) -> int:
+    digest = hashlib.blake2b(f"{worker}:{partition}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
 def steal_order(depths: Mapping[int, int], own: Sequence[int]) -> list[int]:
