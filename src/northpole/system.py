@@ -1,16 +1,20 @@
 """Assemble parts into a runnable app: the one place that knows every part.
 
-``core`` may not import parts, and parts do not import each other, so the
-wiring lives here, above them all.
+``core`` may not import parts, and parts do not import each other's internals,
+so the wiring lives here, above them all. Parts are built in the order of
+:data:`PARTS`, and a later part may use an earlier one's public API (the task
+queue takes its task ids from the Gift ID service).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from northpole.bus.port import EventBus, InProcessBus
 from northpole.core.app import Part, create_app
 from northpole.core.auth import TokenService, load_secret
 from northpole.core.clock import Clock, SystemClock
@@ -18,16 +22,92 @@ from northpole.core.errors import ConfigurationError
 from northpole.core.metrics import new_registry
 from northpole.core.settings import Settings
 from northpole.idgen.service import IdGenService
+from northpole.tasks.retry import RetryPolicy
+from northpole.tasks.service import TaskService
+from northpole.tasks.sqlite_store import SqliteTaskStore
+from northpole.tasks.store import TaskStore
 
-PartFactory = Callable[[Settings, CollectorRegistry, Clock], Part]
+TASKS_DB = "tasks.db"
 
 
-def _idgen(settings: Settings, registry: CollectorRegistry, clock: Clock) -> Part:
-    return IdGenService(settings.idgen, data_dir=settings.data_dir, registry=registry, clock=clock)
+@dataclass(slots=True)
+class Context:
+    """What parts are built from."""
+
+    settings: Settings
+    registry: CollectorRegistry
+    clock: Clock
+    bus: EventBus
+    built: dict[str, Part] = field(default_factory=dict)
+
+
+PartFactory = Callable[[Context], Part]
+
+
+def _idgen(ctx: Context) -> Part:
+    return IdGenService(
+        ctx.settings.idgen, data_dir=ctx.settings.data_dir, registry=ctx.registry, clock=ctx.clock
+    )
+
+
+def task_service(ctx: Context, *, with_ids: bool = True) -> TaskService:
+    """Build the task queue part on the embedded SQLite store in the data directory.
+
+    Args:
+        ctx: The shared context.
+        with_ids: Take task ids from the already built Gift ID part (needed to
+            accept submits; a worker process that only claims can do without).
+    """
+    settings = ctx.settings
+    ids = None
+    if with_ids:
+        idgen = ctx.built.get("idgen")
+        if not isinstance(idgen, IdGenService):
+            raise ConfigurationError("the task queue needs the idgen part for task ids")
+        ids = idgen.generate_list
+    tasks = settings.tasks
+    policy = RetryPolicy(
+        base_ms=tasks.retry_base_ms, factor=tasks.retry_factor, max_ms=tasks.retry_max_ms
+    )
+
+    async def open_store() -> TaskStore:
+        store = SqliteTaskStore(
+            settings.ensure_data_dir() / TASKS_DB,
+            partitions=tasks.partitions,
+            aging_ms=tasks.aging_ms,
+            policy=policy,
+        )
+        return await store.open()
+
+    return TaskService(
+        tasks, open_store=open_store, registry=ctx.registry, clock=ctx.clock, bus=ctx.bus, ids=ids
+    )
+
+
+def build_task_service(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry,
+    clock: Clock | None = None,
+    bus: EventBus | None = None,
+) -> TaskService:
+    """Build a task queue service that can claim and report but not submit.
+
+    For a worker process of the embedded edition: it opens the same SQLite
+    file as ``northpole up`` (WAL mode lets both use it) and runs a sweeper too
+    (sweeps are safe to run in several processes at once).
+    """
+    ctx = Context(
+        settings=settings,
+        registry=registry,
+        clock=clock or SystemClock(),
+        bus=bus or InProcessBus(),
+    )
+    return task_service(ctx, with_ids=False)
 
 
 #: Every part, in start-up order. ``northpole up`` runs all of them.
-PARTS: dict[str, PartFactory] = {"idgen": _idgen}
+PARTS: dict[str, PartFactory] = {"idgen": _idgen, "tasks": task_service}
 
 
 def build_app(
@@ -35,6 +115,7 @@ def build_app(
     *,
     parts: Sequence[str] | None = None,
     clock: Clock | None = None,
+    bus: EventBus | None = None,
     on_started: Callable[[], None] | None = None,
 ) -> FastAPI:
     """Build an app serving ``parts`` (default: all) from ``settings``.
@@ -42,15 +123,27 @@ def build_app(
     ``on_started`` is called once every part has started.
 
     Raises:
-        ConfigurationError: An unknown part name.
+        ConfigurationError: An unknown part name, or a part without one it needs.
     """
     names = list(PARTS) if parts is None else list(parts)
     unknown = [name for name in names if name not in PARTS]
     if unknown:
         raise ConfigurationError(f"unknown part(s): {', '.join(unknown)}")
     settings.ensure_data_dir()
-    the_clock = clock or SystemClock()
-    registry = new_registry()
-    tokens = TokenService(load_secret(settings), settings.auth, clock=the_clock)
-    built = [PARTS[name](settings, registry, the_clock) for name in names]
-    return create_app(settings, built, registry=registry, tokens=tokens, on_started=on_started)
+    ctx = Context(
+        settings=settings,
+        registry=new_registry(),
+        clock=clock or SystemClock(),
+        bus=bus or InProcessBus(),
+    )
+    for name in PARTS:  # build in dependency order, whatever order was asked for
+        if name in names:
+            ctx.built[name] = PARTS[name](ctx)
+    tokens = TokenService(load_secret(settings), settings.auth, clock=ctx.clock)
+    return create_app(
+        settings,
+        list(ctx.built.values()),
+        registry=ctx.registry,
+        tokens=tokens,
+        on_started=on_started,
+    )

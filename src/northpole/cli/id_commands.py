@@ -23,7 +23,7 @@ app = typer.Typer(help="Make and read Gift IDs.", no_args_is_help=True)
 async def _local_ids(settings: Settings, count: int) -> list[int]:
     service = IdGenService(settings.idgen, data_dir=settings.data_dir, registry=new_registry())
     async with service.lifespan():
-        return [gift_id for run in service.generate(count) for gift_id in run]
+        return service.generate_list(count)
 
 
 def _remote_ids(url: str, token: str, count: int) -> list[int]:

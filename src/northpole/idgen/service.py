@@ -137,6 +137,10 @@ class IdGenService:
                 _log.error("duplicate gift id detected", hits=hits, gift_id=str(run[0]))
         return runs
 
+    def generate_list(self, count: int) -> list[int]:
+        """Issue ``count`` IDs as a flat list (for other parts that need ids)."""
+        return [gift_id for run in self.generate(count) for gift_id in run]
+
     def decode(self, gift_id: int) -> DecodedId:
         """Decode an ID against this service's epoch."""
         return decode(gift_id, epoch_ms=self.settings.epoch_ms)

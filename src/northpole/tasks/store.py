@@ -28,6 +28,14 @@ Semantics every implementation keeps:
   lease was taken away cannot complete: a task is COMPLETED at most once.
 * Completing a task releases its dependents; a task that ends FAILED or
   EXPIRED fails its PENDING dependents with ``dependency_failed``, transitively.
+* **heartbeat** extends the leases of the tasks it lists in ``holding`` or
+  ``started`` only: a task whose claim answer never reached the worker is
+  reclaimed when its lease runs out, even while the worker keeps beating.
+* **redrive** of a task whose dependency is FAILED or EXPIRED fails it again at
+  once (``dependency_failed``); dependents failed by a cascade stay FAILED.
+* **submit** with an ``idempotency_key`` that repeats within one batch stores
+  the first task only; a task of the batch that depends on a task replaced by
+  its stored twin depends on the twin.
 * **sweep** reclaims tasks whose lease ran out (a failed attempt, reason
   ``lease_expired``), expires PENDING tasks past their deadline and fails
   running ones past it (``deadline_exceeded``). Safe to run concurrently.

@@ -132,6 +132,10 @@ def fail_attempt(
 ) -> tuple[Task, TaskEvent]:
     """End a running attempt in failure: back to PENDING after a delay, or FAILED.
 
+    Unlike :func:`start` and :func:`complete` this does not check the holder,
+    because the sweeper also ends attempts (expired leases) on nobody's behalf:
+    a store applying a *worker's* failure report calls :func:`check_holder` first.
+
     Args:
         task: An ASSIGNED or IN_PROGRESS task.
         reason: Why the attempt failed.
@@ -197,7 +201,7 @@ def expire(task: Task, *, now_ms: int) -> tuple[Task, TaskEvent]:
 
 def redrive(task: Task, *, now_ms: int) -> tuple[Task, TaskEvent]:
     """FAILED -> PENDING: an operator re-drives a dead letter with a fresh retry budget."""
-    _require(task, "retry", S.FAILED)
+    _require(task, "redrive", S.FAILED)
     new = replace(
         task,
         state=S.PENDING,
