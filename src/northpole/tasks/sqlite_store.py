@@ -15,35 +15,22 @@ Calling a method before ``open`` or after ``close`` raises :class:`Unavailable`.
 every commit, and a method returns only after its commit, so a ``submit`` that
 returned survives ``kill -9`` of the process and a power cut of the host.
 
-**One thread, group commit.** The connection lives on one dedicated thread; the
-event loop never blocks on SQLite, and calls are serialised in arrival order.
-Every mutating call is its own savepoint inside a ``BEGIN IMMEDIATE``
-transaction, so it is all-or-nothing (an exception rolls back just that call).
-Mutating calls that queue up while the thread is busy share one transaction
-and so one fsync ("group commit"); each of them returns only after that
-``COMMIT``. Without this, the fsync of ``synchronous=FULL`` (about 0.4 ms on a
-cloud disk) would cap a store at a couple of thousand completions a second.
-Other processes (``northpole worker``) open the same file: SQLite's write lock
-and ``busy_timeout`` serialise them with this one. Driver errors surface as
+**One thread, group commit.** The store runs every call on a
+:class:`~northpole.core.sqlite.SqliteThread` (see :mod:`northpole.core.sqlite`):
+the connection lives on one dedicated thread, the event loop never blocks on
+SQLite, and calls are serialised in arrival order. Every mutating call is its
+own savepoint inside a ``BEGIN IMMEDIATE`` transaction, so it is all-or-nothing
+(an exception rolls back just that call). Mutating calls that queue up while
+the thread is busy share one transaction and so one fsync ("group commit");
+each of them returns only after that ``COMMIT``. Other processes
+(``northpole worker``) open the same file: SQLite's write lock and
+``busy_timeout`` serialise them with this one. Driver errors surface as
 :class:`Unavailable` (or :class:`Conflict` for constraint violations), raised
 from the ``sqlite3`` exception. A call whose awaiting coroutine is cancelled
 still runs and commits (a claim cancelled that way is reclaimed at lease expiry).
 
-**Schema** (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`), all in :data:`SCHEMA`:
-
-* ``tasks``: one column per :class:`Task` field (``dependencies`` and
-  ``metadata`` as JSON text), plus ``pending_deps`` (dependencies not yet
-  COMPLETED), ``sched_key`` (``scheduler.schedule_key``, rewritten whenever
-  ``available_ms`` changes) and ``claimed_ms`` (when the running attempt was
-  claimed). Partial indexes keep the claimable tasks (PENDING, no pending
-  dependency) in ``sched_key`` order, globally and per partition, plus
-  indexes for idempotency keys (unique), deadlines, leases, holders and
-  per-type depth counts.
-* ``task_deps(task_id, depends_on)``: the dependency edges, keyed by
-  ``depends_on`` to find dependents.
-* ``workers``: who claimed or heartbeated, and when last.
-* ``task_durations``: per type, a running mean of processing time over about
-  the last :data:`DURATION_WINDOW` completions (exact mean before that).
+**Schema**: the tables, indexes, every SQL statement and the mapping of rows to
+tasks are in :mod:`northpole.tasks.sqlite_schema`.
 
 **Claim** (one transaction). The claiming worker is recorded as seen; its
 group's members are the ``workers`` rows of that group (``sweep`` forgets silent
@@ -60,7 +47,8 @@ Tasks with equal keys come in no particular order.
 
 **Processing time** (``QueueStats.recent_processing_s``) runs from the start a
 heartbeat reported, or from the claim when the task was completed straight from
-ASSIGNED (whose ``started_ms`` equals ``finished_ms``).
+ASSIGNED (whose ``started_ms`` equals ``finished_ms``). It is a running mean over
+about the last :data:`DURATION_WINDOW` completions of a type.
 
 **Redrive** puts one FAILED task back to PENDING. Its dependents failed by the
 cascade stay FAILED (re-drive them too, after it). A task re-driven while one of
@@ -70,34 +58,59 @@ its dependencies is still FAILED or EXPIRED fails again at once
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import heapq
-import queue
 import random
 import sqlite3
-import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
-from northpole.core.errors import (
-    ConfigurationError,
-    Conflict,
-    InvalidInput,
-    NorthpoleError,
-    Unavailable,
-)
+from northpole.core.errors import Conflict, InvalidInput, Unavailable
+from northpole.core.sqlite import SqliteThread
 from northpole.tasks import transitions
 from northpole.tasks.model import Reason, Task, TaskEvent, TaskState
 from northpole.tasks.retry import RetryPolicy
 from northpole.tasks.scheduler import assign_partitions, find_cycle, schedule_key, steal_order
+from northpole.tasks.sqlite_schema import (
+    CLAIM,
+    DEPTHS,
+    DURATION_WINDOW,
+    DURATIONS,
+    EMPTY_LIST,
+    EMPTY_OBJECT,
+    EXTEND_LEASES,
+    FIRST_EXISTING,
+    FORGET_WORKERS,
+    GROUP_MEMBERS,
+    INSERT_DEP,
+    INSERT_TASK,
+    OLDEST_PENDING,
+    PENDING_DEPENDENTS,
+    RECORD_DURATION,
+    RELEASE_DEPENDENTS,
+    SAVE,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SELECT_ID,
+    SELECT_IDS,
+    SELECT_KEYS,
+    STATES,
+    STATES_OF,
+    SWEEP_DEADLINE,
+    SWEEP_EXPIRE,
+    SWEEP_LEASE,
+    UPSERT_WORKER,
+    WORKERS,
+    Row,
+    migrate,
+    task_from_row,
+    to_json,
+)
 from northpole.tasks.store import (
     Claim,
     DependencyCycle,
@@ -110,230 +123,17 @@ from northpole.tasks.store import (
     WorkerInfo,
 )
 
+# SCHEMA, SCHEMA_VERSION and DURATION_WINDOW live in sqlite_schema; still importable from here.
 __all__ = ["DURATION_WINDOW", "SCHEMA", "SCHEMA_VERSION", "SqliteTaskStore"]
 
 S = TaskState
 _T = TypeVar("_T")
-_Row = tuple[Any, ...]
 
-SCHEMA_VERSION = 1
-#: Completions a task type's mean processing time is (roughly) taken over.
-DURATION_WINDOW = 100
-#: Most mutating calls that share one transaction.
-_MAX_GROUP = 512
 #: A worker owning more partitions than this walks the global claim index instead.
 _MAX_PROBES = 64
 #: How long counts of claimable tasks per partition rank partitions for stealing.
 _DEPTH_TTL_MS = 1_000
 _FAILED_ENDS = frozenset({S.FAILED, S.EXPIRED})
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    id              INTEGER PRIMARY KEY,
-    gift_id         INTEGER NOT NULL,
-    task_type       TEXT    NOT NULL,
-    priority        INTEGER NOT NULL,
-    dependencies    TEXT    NOT NULL,  -- JSON array, as submitted
-    max_retries     INTEGER NOT NULL,
-    deadline_ms     INTEGER,
-    metadata        TEXT    NOT NULL,  -- JSON object
-    idempotency_key TEXT,
-    partition       INTEGER NOT NULL,
-    state           TEXT    NOT NULL,
-    created_ms      INTEGER NOT NULL,
-    updated_ms      INTEGER NOT NULL,
-    available_ms    INTEGER NOT NULL,
-    attempts        INTEGER NOT NULL,
-    retry_count     INTEGER NOT NULL,
-    worker_id       TEXT,              -- set exactly while running
-    lease_until_ms  INTEGER,           -- set exactly while running
-    fence           INTEGER NOT NULL,
-    started_ms      INTEGER,
-    finished_ms     INTEGER,
-    last_error      TEXT,
-    result          TEXT,
-    pending_deps    INTEGER NOT NULL,  -- dependencies not yet COMPLETED
-    sched_key       INTEGER NOT NULL,  -- schedule_key(priority, available_ms, aging_ms)
-    claimed_ms      INTEGER            -- when the running attempt was claimed
-);
-CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency
-    ON tasks (idempotency_key) WHERE idempotency_key IS NOT NULL;
--- The claimable tasks (but for available_ms), in claim order, globally and per
--- partition. Covering: claim filters read no table row (the constant state and
--- pending_deps columns make SQLite see that).
-CREATE INDEX IF NOT EXISTS tasks_ready
-    ON tasks (sched_key, partition, available_ms, task_type, state, pending_deps)
-    WHERE state = 'PENDING' AND pending_deps = 0;
-CREATE INDEX IF NOT EXISTS tasks_ready_partition
-    ON tasks (partition, sched_key, available_ms, task_type, state, pending_deps)
-    WHERE state = 'PENDING' AND pending_deps = 0;
-CREATE INDEX IF NOT EXISTS tasks_type
-    ON tasks (task_type, priority, partition, state, available_ms);
-CREATE INDEX IF NOT EXISTS tasks_deadline
-    ON tasks (state, deadline_ms) WHERE deadline_ms IS NOT NULL;
-CREATE INDEX IF NOT EXISTS tasks_lease
-    ON tasks (lease_until_ms) WHERE lease_until_ms IS NOT NULL;
-CREATE INDEX IF NOT EXISTS tasks_worker
-    ON tasks (worker_id) WHERE worker_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS task_deps (
-    task_id    INTEGER NOT NULL,
-    depends_on INTEGER NOT NULL,
-    PRIMARY KEY (depends_on, task_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS workers (
-    worker_id     TEXT    PRIMARY KEY,
-    group_name    TEXT    NOT NULL,
-    task_types    TEXT    NOT NULL,    -- JSON array, sorted; empty means every type
-    concurrency   INTEGER NOT NULL,
-    first_seen_ms INTEGER NOT NULL,
-    last_seen_ms  INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS workers_group ON workers (group_name);
-CREATE TABLE IF NOT EXISTS task_durations (
-    task_type  TEXT    PRIMARY KEY,
-    mean_ms    REAL    NOT NULL,
-    samples    INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL
-);
-"""
-
-# -- SQL ----------------------------------------------------------------------------------
-# Every statement is built here, once, from the constant fragments below; values always go
-# through bound parameters, never into the text (hence the S608 exemptions).
-
-# The tasks columns that make a Task, in Task field order; then claimed_ms.
-_TASK_FIELDS = (
-    "id, gift_id, task_type, priority, dependencies, max_retries, deadline_ms, metadata, "
-    "idempotency_key, partition, state, created_ms, updated_ms, available_ms, attempts, "
-    "retry_count, worker_id, lease_until_ms, fence, started_ms, finished_ms, last_error, result"
-)
-_COLS = _TASK_FIELDS + ", claimed_ms"
-_T_COLS = ", ".join(f"t.{name.strip()}" for name in _COLS.split(","))
-_SELECT = "SELECT " + _COLS + " FROM tasks "  # noqa: S608
-_IDS = "(SELECT value FROM json_each(?))"  # a JSON array parameter: no variable limit
-
-_SELECT_ID = _SELECT + "WHERE id = ?"
-_SELECT_IDS = _SELECT + "WHERE id IN " + _IDS
-_SELECT_KEYS = _SELECT + "WHERE idempotency_key IN " + _IDS
-_FIRST_EXISTING = "SELECT id FROM tasks WHERE id IN " + _IDS + " LIMIT 1"  # noqa: S608
-_STATES_OF = "SELECT id, state FROM tasks WHERE id IN " + _IDS  # noqa: S608
-_INSERT_TASK = (
-    "INSERT INTO tasks (" + _TASK_FIELDS + ", pending_deps, sched_key) "
-    "VALUES (" + ", ".join("?" * 25) + ")"
-)
-_INSERT_DEP = "INSERT OR IGNORE INTO task_deps (task_id, depends_on) VALUES (?, ?)"
-_SAVE = (
-    "UPDATE tasks SET state = ?, updated_ms = ?, available_ms = ?, attempts = ?, "
-    "retry_count = ?, worker_id = ?, lease_until_ms = ?, fence = ?, started_ms = ?, "
-    "finished_ms = ?, last_error = ?, result = ?, sched_key = ?, "
-    "claimed_ms = coalesce(?, claimed_ms) WHERE id = ?"
-)
-_EXTEND_LEASES = (
-    "UPDATE tasks SET lease_until_ms = ? "  # noqa: S608
-    "WHERE id IN " + _IDS + " AND worker_id = ?"
-)
-_RELEASE_DEPENDENTS = (
-    "UPDATE tasks SET pending_deps = pending_deps - 1 "
-    "WHERE id IN (SELECT task_id FROM task_deps WHERE depends_on = ?)"
-)
-_PENDING_DEPENDENTS = (
-    "SELECT d.depends_on, " + _T_COLS + " FROM task_deps AS d JOIN tasks AS t "  # noqa: S608
-    "ON t.id = d.task_id WHERE d.depends_on IN " + _IDS + " AND t.state = 'PENDING' "
-    "ORDER BY d.depends_on, d.task_id"
-)
-_SWEEP_DEADLINE = (
-    _SELECT + "WHERE state IN ('ASSIGNED', 'IN_PROGRESS') AND deadline_ms <= ? ORDER BY id"
-)
-_SWEEP_LEASE = _SELECT + "WHERE lease_until_ms < ? ORDER BY lease_until_ms, id"
-_SWEEP_EXPIRE = _SELECT + "WHERE state = 'PENDING' AND deadline_ms <= ? ORDER BY id"
-
-
-def _claim_statements(typed: bool) -> dict[str, str]:
-    """Return the claim queries, with or without a task type filter.
-
-    Each returns ``(sched_key, id)`` of claimable tasks, read from the covering
-    partial indexes of claimable tasks (which the ``state`` and ``pending_deps``
-    terms select). The unary ``+`` keeps SQLite from serving ``task_type IN``
-    from ``tasks_type`` and then sorting every task of those types.
-    """
-    ready = "WHERE state = 'PENDING' AND pending_deps = 0 AND available_ms <= :now"
-    if typed:
-        ready += " AND +task_type IN (SELECT value FROM json_each(:types))"
-    head = "SELECT sched_key, id FROM tasks " + ready  # noqa: S608
-    in_key_order = " ORDER BY sched_key LIMIT :limit"
-    in_own = " AND +partition IN (SELECT value FROM json_each(:own))"
-    return {
-        "all": head + in_key_order,
-        "own": head + in_own + in_key_order,
-        "one": head + " AND partition = :partition" + in_key_order,
-        "depths": "SELECT partition, count(*) FROM tasks " + ready + " GROUP BY partition",  # noqa: S608
-    }
-
-
-_CLAIM = {typed: _claim_statements(typed) for typed in (False, True)}
-_UPSERT_WORKER = (
-    "INSERT INTO workers (worker_id, group_name, task_types, concurrency, first_seen_ms, "
-    "last_seen_ms) VALUES (:worker, :group, :types, coalesce(:concurrency, 1), :now, :now) "
-    "ON CONFLICT (worker_id) DO UPDATE SET group_name = excluded.group_name, "
-    "task_types = excluded.task_types, "
-    "concurrency = coalesce(:concurrency, workers.concurrency), "
-    "last_seen_ms = max(workers.last_seen_ms, excluded.last_seen_ms)"
-)
-_GROUP_MEMBERS = "SELECT worker_id FROM workers WHERE group_name = ? ORDER BY worker_id"
-_FORGET_WORKERS = "DELETE FROM workers WHERE last_seen_ms < ?"
-_RECORD_DURATION = (
-    "INSERT INTO task_durations (task_type, mean_ms, samples, updated_ms) "
-    "VALUES (:type, :ms, 1, :now) ON CONFLICT (task_type) DO UPDATE SET "
-    "mean_ms = mean_ms + (excluded.mean_ms - mean_ms) / min(samples + 1, :window), "
-    "samples = samples + 1, updated_ms = excluded.updated_ms"
-)
-_WORKERS = (
-    "SELECT w.worker_id, w.group_name, w.task_types, w.concurrency, w.first_seen_ms, "
-    "w.last_seen_ms, (SELECT count(*) FROM tasks AS t WHERE t.worker_id = w.worker_id) "
-    "FROM workers AS w ORDER BY w.worker_id"
-)
-_DEPTHS = (
-    "SELECT task_type, priority, partition, state, count(*) FROM tasks "
-    "GROUP BY task_type, priority, partition, state"
-)
-_OLDEST_PENDING = (
-    "SELECT task_type, min(available_ms) FROM tasks WHERE state = 'PENDING' GROUP BY task_type"
-)
-_DURATIONS = "SELECT task_type, mean_ms FROM task_durations ORDER BY task_type"
-
-_STATES = {state.value: state for state in TaskState}
-_EMPTY_LIST = "[]"
-_EMPTY_OBJECT = "{}"
-
-
-def _json(value: object) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _deps_of(text: str) -> tuple[int, ...]:
-    return () if text == _EMPTY_LIST else tuple(orjson.loads(text))
-
-
-def _meta_of(text: str) -> dict[str, str]:
-    return {} if text == _EMPTY_OBJECT else dict(orjson.loads(text))
-
-
-def _task(row: _Row) -> Task:
-    """Build a Task from a row of :data:`_COLS` (in Task field order)."""
-    return Task(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        _deps_of(row[4]),
-        row[5],
-        row[6],
-        _meta_of(row[7]),
-        row[8],
-        row[9],
-        _STATES[row[10]],
-        *row[11:23],
-    )
 
 
 def _submitted(task: Task, now_ms: int) -> TaskEvent:
@@ -347,225 +147,24 @@ def _submitted(task: Task, now_ms: int) -> TaskEvent:
     )
 
 
-def _wrap(exc: sqlite3.Error, path: Path) -> NorthpoleError:
-    if isinstance(exc, sqlite3.IntegrityError):
-        return Conflict(f"task store {path}: {exc}")
-    return Unavailable(f"task store {path}: {exc}", retry_after_s=1.0)
-
-
-# ---------------------------------------------------------------------------------------
-# The database thread
-
-
-@dataclass(slots=True)
-class _Job(Generic[_T]):
-    """A call for the database thread: ``kind`` is ``read``, ``write`` or ``stop``."""
-
-    fn: Callable[[sqlite3.Connection], _T]
-    kind: str
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[_T]
-
-
-def _settle(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, ok, value in results:
-        if future.done():  # the caller was cancelled
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-
-def _deliver(jobs: Sequence[_Job[Any]], outcomes: Sequence[tuple[bool, Any]]) -> None:
-    """Hand results back, waking each caller's event loop once for the lot."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-    for job, (ok, value) in zip(jobs, outcomes, strict=True):
-        by_loop.setdefault(job.loop, []).append((job.future, ok, value))
-    for loop, results in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_settle, results)
-        except RuntimeError:  # that loop is closed: nobody is waiting any more
-            pass
-
-
-def _no_op(conn: sqlite3.Connection) -> None:
-    return None
-
-
-class _DbThread:
-    """One thread that owns the connection and runs jobs in order, grouping writes."""
-
-    def __init__(self, path: Path, busy_timeout_ms: int) -> None:
-        self._path = path
-        self._busy_timeout_ms = busy_timeout_ms
-        self._queue: queue.SimpleQueue[_Job[Any]] = queue.SimpleQueue()
-
-    async def start(self) -> None:
-        """Start the thread and wait until it has opened the database."""
-        loop = asyncio.get_running_loop()
-        opened: asyncio.Future[None] = loop.create_future()
-        thread = threading.Thread(
-            target=self._main,
-            args=(_Job(_no_op, "open", loop, opened),),
-            name=f"northpole-sqlite:{self._path.name}",
-            daemon=True,  # a store never closed must not keep the interpreter alive
-        )
-        thread.start()
-        await opened
-
-    async def run(self, fn: Callable[[sqlite3.Connection], _T], *, kind: str) -> _T:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[_T] = loop.create_future()
-        self._queue.put(_Job(fn, kind, loop, future))
-        return await future
-
-    def _main(self, opening: _Job[None]) -> None:
-        try:
-            conn = _connect(self._path, self._busy_timeout_ms)
-        except sqlite3.Error as exc:
-            _deliver([opening], [(False, _chain(_wrap(exc, self._path), exc))])
-            return
-        except Exception as exc:
-            _deliver([opening], [(False, exc)])
-            return
-        _deliver([opening], [(True, None)])
-        try:
-            self._serve(conn)
-        finally:
-            conn.close()
-
-    def _serve(self, conn: sqlite3.Connection) -> None:
-        held: deque[_Job[Any]] = deque()
-        while True:
-            job = held.popleft() if held else self._queue.get()
-            if job.kind == "stop":
-                conn.close()
-                _deliver([job], [(True, None)])
-                return
-            if job.kind == "read":
-                self._run_read(conn, job)
-                continue
-            group = [job]
-            while len(group) < _MAX_GROUP:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt.kind != "write":
-                    held.append(nxt)
-                    break
-                group.append(nxt)
-            self._run_group(conn, group)
-
-    def _run_read(self, conn: sqlite3.Connection, job: _Job[Any]) -> None:
-        """Run a read in a deferred transaction: one snapshot, no lock on writers (WAL)."""
-        try:
-            conn.execute("BEGIN")
-            try:
-                value = job.fn(conn)
-            finally:
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            _rollback(conn)
-            _deliver([job], [(False, _chain(_wrap(exc, self._path), exc))])
-        except Exception as exc:
-            _deliver([job], [(False, exc)])
-        else:
-            _deliver([job], [(True, value)])
-
-    def _run_group(self, conn: sqlite3.Connection, group: list[_Job[Any]]) -> None:
-        """Run writes in one transaction, each in its own savepoint; answer after COMMIT."""
-        outcomes: list[tuple[bool, Any]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for job in group:
-                outcomes.append(_run_savepoint(conn, job))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            # A driver error loses the whole transaction: no call of the group was stored.
-            _rollback(conn)
-            error = _chain(_wrap(exc, self._path), exc)
-            _deliver(group, [(False, error)] * len(group))
-            return
-        _deliver(group, outcomes)
-
-
-def _run_savepoint(conn: sqlite3.Connection, job: _Job[Any]) -> tuple[bool, Any]:
-    """Run one job in its own savepoint; a northpole error rolls back just that job."""
-    conn.execute("SAVEPOINT job")
-    try:
-        value = job.fn(conn)
-    except sqlite3.Error:
-        raise
-    except Exception as exc:
-        conn.execute("ROLLBACK TO job")
-        conn.execute("RELEASE job")
-        return False, exc
-    conn.execute("RELEASE job")
-    return True, value
-
-
-def _chain(error: NorthpoleError, cause: BaseException) -> NorthpoleError:
-    error.__cause__ = cause
-    return error
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    if conn.in_transaction:
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error:  # nothing more to undo
-            pass
-
-
-def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
-    """Open the file, switch to WAL + synchronous=FULL, and create or check the schema."""
-    conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None)
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise ConfigurationError(f"task store {path}: cannot use WAL (journal mode {mode})")
-        conn.execute("PRAGMA synchronous = FULL")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise ConfigurationError(
-                f"task store {path} has schema version {version}; this northpole knows "
-                f"{SCHEMA_VERSION} at most"
-            )
-        if version < SCHEMA_VERSION:
-            try:
-                conn.executescript(
-                    f"BEGIN IMMEDIATE;{SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
-                )
-            except BaseException:
-                _rollback(conn)
-                raise
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
 # ---------------------------------------------------------------------------------------
 # Storage helpers, run on the database thread
 
 
 def _load(conn: sqlite3.Connection, task_id: int) -> tuple[Task, int | None]:
-    row = conn.execute(_SELECT_ID, (task_id,)).fetchone()
+    row = conn.execute(SELECT_ID, (task_id,)).fetchone()
     if row is None:
         raise TaskNotFound(task_id)
-    return _task(row), row[23]
+    return task_from_row(row), row[23]
 
 
 def _load_many(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, Task]:
-    rows = conn.execute(_SELECT_IDS, (_json(list(ids)),))
-    return {row[0]: _task(row) for row in rows}
+    rows = conn.execute(SELECT_IDS, (to_json(list(ids)),))
+    return {row[0]: task_from_row(row) for row in rows}
 
 
 def _release_dependents(conn: sqlite3.Connection, task_id: int) -> None:
-    conn.execute(_RELEASE_DEPENDENTS, (task_id,))
+    conn.execute(RELEASE_DEPENDENTS, (task_id,))
 
 
 def _upsert_worker(
@@ -578,11 +177,11 @@ def _upsert_worker(
 ) -> None:
     """Record the worker as seen now (creating it at first sight)."""
     conn.execute(
-        _UPSERT_WORKER,
+        UPSERT_WORKER,
         {
             "worker": worker_id,
             "group": group,
-            "types": _json(sorted(task_types)),
+            "types": to_json(sorted(task_types)),
             "concurrency": concurrency,
             "now": now_ms,
         },
@@ -598,16 +197,16 @@ def _own_partitions(
     conn: sqlite3.Connection, partitions: int, group: str, worker_id: str
 ) -> list[int]:
     """Return the worker's rendezvous share of the partitions among its group's workers."""
-    members = conn.execute(_GROUP_MEMBERS, (group,))
+    members = conn.execute(GROUP_MEMBERS, (group,))
     return list(_partition_map(partitions, tuple(r[0] for r in members)).get(worker_id, ()))
 
 
 def _stats(conn: sqlite3.Connection) -> QueueStats:
     depths = [
-        DepthRow(row[0], row[1], row[2], _STATES[row[3]], row[4]) for row in conn.execute(_DEPTHS)
+        DepthRow(row[0], row[1], row[2], STATES[row[3]], row[4]) for row in conn.execute(DEPTHS)
     ]
-    oldest = conn.execute(_OLDEST_PENDING)
-    recent = conn.execute(_DURATIONS)
+    oldest = conn.execute(OLDEST_PENDING)
+    recent = conn.execute(DURATIONS)
     return QueueStats(
         depths=depths,
         oldest_pending_ms={row[0]: row[1] for row in oldest},
@@ -645,7 +244,7 @@ class SqliteTaskStore:
         self.policy = policy
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 - jitter only
         self._busy_timeout_ms = busy_timeout_ms
-        self._db: _DbThread | None = None
+        self._db: SqliteThread | None = None
         self._closed = False
         self._depths = _DepthCache()  # used on the database thread only
 
@@ -656,7 +255,12 @@ class SqliteTaskStore:
         if self._closed:
             raise Unavailable(f"task store {self.path} is closed")
         if self._db is None:
-            db = _DbThread(self.path, self._busy_timeout_ms)
+            db = SqliteThread(
+                self.path,
+                busy_timeout_ms=self._busy_timeout_ms,
+                migrate=functools.partial(migrate, path=self.path),
+                label="task store",
+            )
             await db.start()
             self._db = db
         return self
@@ -666,7 +270,7 @@ class SqliteTaskStore:
         self._closed = True
         db, self._db = self._db, None
         if db is not None:
-            await db.run(_no_op, kind="stop")
+            await db.stop()
 
     async def __aenter__(self) -> SqliteTaskStore:
         return await self.open()
@@ -679,17 +283,17 @@ class SqliteTaskStore:
     ) -> None:
         await self.close()
 
-    def _thread(self) -> _DbThread:
+    def _thread(self) -> SqliteThread:
         if self._db is None:
             state = "closed" if self._closed else "not open (use `async with` or `open()`)"
             raise Unavailable(f"task store {self.path} is {state}")
         return self._db
 
     async def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        return await self._thread().run(fn, kind="write")
+        return await self._thread().write(fn)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        return await self._thread().run(fn, kind="read")
+        return await self._thread().read(fn)
 
     # -- the port ---------------------------------------------------------------------------
 
@@ -736,7 +340,7 @@ class SqliteTaskStore:
             began = task.started_ms if task.state is S.IN_PROGRESS else claimed_ms
             if began is not None:
                 conn.execute(
-                    _RECORD_DURATION,
+                    RECORD_DURATION,
                     {
                         "type": task.task_type,
                         "ms": max(0, now_ms - began),
@@ -827,7 +431,7 @@ class SqliteTaskStore:
         def run(conn: sqlite3.Connection) -> list[WorkerInfo]:
             return [
                 WorkerInfo(row[0], row[1], frozenset(orjson.loads(row[2])), *row[3:7])
-                for row in conn.execute(_WORKERS)
+                for row in conn.execute(WORKERS)
             ]
 
         return await self._read(run)
@@ -863,9 +467,9 @@ class SqliteTaskStore:
             for t in tasks
         ]
         if len(rows) == 1:
-            conn.execute(_SAVE, rows[0])
+            conn.execute(SAVE, rows[0])
         elif rows:
-            conn.executemany(_SAVE, rows)
+            conn.executemany(SAVE, rows)
 
     def _cascade(
         self, conn: sqlite3.Connection, roots: Iterable[Task], now_ms: int
@@ -875,8 +479,8 @@ class SqliteTaskStore:
         frontier = [t.id for t in roots if t.state in _FAILED_ENDS]
         while frontier:
             failed: dict[int, Task] = {}
-            for row in conn.execute(_PENDING_DEPENDENTS, (_json(frontier),)).fetchall():
-                task = _task(row[1:])
+            for row in conn.execute(PENDING_DEPENDENTS, (to_json(frontier),)).fetchall():
+                task = task_from_row(row[1:])
                 if task.id in failed:
                     continue
                 new, event = transitions.fail_final(
@@ -918,7 +522,7 @@ class SqliteTaskStore:
         cycle = find_cycle({t.id: t.dependencies for t in new if t.dependencies})
         if cycle is not None:
             raise DependencyCycle(cycle)
-        clash = conn.execute(_FIRST_EXISTING, (_json(sorted(new_ids)),)).fetchone()
+        clash = conn.execute(FIRST_EXISTING, (to_json(sorted(new_ids)),)).fetchone()
         if clash is not None:
             raise Conflict(f"task {clash[0]} already exists", field="id")
         final = {t.id: t for t in new}
@@ -944,7 +548,7 @@ class SqliteTaskStore:
         states: dict[int, TaskState],
     ) -> None:
         aging = self.aging_ms
-        rows: list[_Row] = []
+        rows: list[Row] = []
         edges: list[tuple[int, int]] = []
         for t in tasks:
             deps = t.dependencies
@@ -959,10 +563,10 @@ class SqliteTaskStore:
                     t.gift_id,
                     t.task_type,
                     t.priority,
-                    _json(deps) if deps else _EMPTY_LIST,
+                    to_json(deps) if deps else EMPTY_LIST,
                     t.max_retries,
                     t.deadline_ms,
-                    _json(t.metadata) if t.metadata else _EMPTY_OBJECT,
+                    to_json(t.metadata) if t.metadata else EMPTY_OBJECT,
                     t.idempotency_key,
                     t.partition,
                     t.state.value,
@@ -982,9 +586,9 @@ class SqliteTaskStore:
                     schedule_key(t.priority, t.available_ms, aging),
                 )
             )
-        conn.executemany(_INSERT_TASK, rows)
+        conn.executemany(INSERT_TASK, rows)
         if edges:
-            conn.executemany(_INSERT_DEP, edges)
+            conn.executemany(INSERT_DEP, edges)
 
     def _claim(
         self, conn: sqlite3.Connection, claim: Claim, now_ms: int
@@ -995,11 +599,11 @@ class SqliteTaskStore:
             return [], []
         params: dict[str, Any] = {
             "now": now_ms,
-            "types": _json(sorted(claim.task_types)),
-            "own": _json(own),
+            "types": to_json(sorted(claim.task_types)),
+            "own": to_json(own),
             "limit": claim.limit,
         }
-        sql = _CLAIM[bool(claim.task_types)]
+        sql = CLAIM[bool(claim.task_types)]
         picked = _pick_own(conn, sql, params, own, self.partitions)
         if len(picked) < claim.limit and len(own) < self.partitions:
             depths = self._depths.get(conn, sql, params, claim.task_types, own, now_ms)
@@ -1042,8 +646,8 @@ class SqliteTaskStore:
         self._save(conn, started.values())
         if held:
             conn.execute(
-                _EXTEND_LEASES,
-                (now_ms + beat.lease_ms, _json(sorted(held)), beat.worker_id),
+                EXTEND_LEASES,
+                (now_ms + beat.lease_ms, to_json(sorted(held)), beat.worker_id),
             )
         cancel = tuple(dict.fromkeys(i for i, _ in beat.holding if i not in held))
         return HeartbeatAnswer(cancel=cancel, partitions=tuple(own), events=events)
@@ -1055,20 +659,20 @@ class SqliteTaskStore:
         def apply(sql: str, step: Callable[[Task], tuple[Task, TaskEvent]]) -> None:
             changed: list[Task] = []
             for row in conn.execute(sql, (now_ms,)).fetchall():
-                new, event = step(_task(row))
+                new, event = step(task_from_row(row))
                 changed.append(new)
                 events.append(event)
             self._save(conn, changed)
             ended.extend(changed)
 
         apply(
-            _SWEEP_DEADLINE,
+            SWEEP_DEADLINE,
             lambda t: transitions.fail_final(
                 t, reason=Reason.DEADLINE_EXCEEDED, message="", now_ms=now_ms
             ),
         )
         apply(
-            _SWEEP_LEASE,
+            SWEEP_LEASE,
             lambda t: transitions.fail_attempt(
                 t,
                 reason=Reason.LEASE_EXPIRED,
@@ -1078,11 +682,11 @@ class SqliteTaskStore:
             ),
         )
         apply(
-            _SWEEP_EXPIRE,
+            SWEEP_EXPIRE,
             lambda t: transitions.expire(t, now_ms=now_ms),
         )
         events.extend(self._cascade(conn, ended, now_ms))
-        conn.execute(_FORGET_WORKERS, (now_ms - worker_ttl_ms,))
+        conn.execute(FORGET_WORKERS, (now_ms - worker_ttl_ms,))
         return events
 
 
@@ -1092,7 +696,7 @@ def _pick_own(
     params: dict[str, Any],
     own: list[int],
     partitions: int,
-) -> list[_Row]:
+) -> list[Row]:
     """Return ``(sched_key, id)`` of the first claimable tasks of the worker's partitions.
 
     Owning every partition, one walk of ``tasks_ready`` in key order. Owning a few,
@@ -1105,7 +709,7 @@ def _pick_own(
         return conn.execute(sql["all"], params).fetchall()
     if len(own) > _MAX_PROBES:
         return conn.execute(sql["own"], params).fetchall()
-    heads: list[_Row] = []
+    heads: list[Row] = []
     for partition in own:
         heads.extend(conn.execute(sql["one"], {**params, "partition": partition}).fetchall())
     return heapq.nsmallest(params["limit"], heads)
@@ -1118,9 +722,9 @@ def _steal(
     own: list[int],
     depths: dict[int, int],
     wanted: int,
-) -> list[_Row]:
+) -> list[Row]:
     """Return ``(sched_key, id)`` of up to ``wanted`` tasks of other partitions, deepest first."""
-    picked: list[_Row] = []
+    picked: list[Row] = []
     for partition in steal_order(depths, own):
         limit = wanted - len(picked)
         rows = conn.execute(sql["one"], {**params, "partition": partition, "limit": limit})
@@ -1177,8 +781,8 @@ def _split_twins(
     keys = [t.idempotency_key for t in batch if t.idempotency_key is not None]
     stored: dict[str, Task] = {}
     if keys:
-        rows = conn.execute(_SELECT_KEYS, (_json(keys),))
-        stored = {row[8]: _task(row) for row in rows}
+        rows = conn.execute(SELECT_KEYS, (to_json(keys),))
+        stored = {row[8]: task_from_row(row) for row in rows}
     if not stored and len(set(keys)) == len(keys):
         return batch, {}, {}
     first: dict[str, int] = {key: task.id for key, task in stored.items()}
@@ -1209,8 +813,8 @@ def _dependency_states(
     outside = {d for t in new for d in t.dependencies if d not in new_ids}
     if not outside:
         return {}
-    rows = conn.execute(_STATES_OF, (_json(list(outside)),))
-    states = {row[0]: _STATES[row[1]] for row in rows}
+    rows = conn.execute(STATES_OF, (to_json(list(outside)),))
+    states = {row[0]: STATES[row[1]] for row in rows}
     if len(states) < len(outside):
         for task in new:
             for dependency in task.dependencies:
