@@ -323,6 +323,8 @@ class TaskService:
         for group in report.groups:
             self.metrics.desired_workers.labels(group.group).set(group.desired_workers)
         workers = await self.store.workers(now_ms=now)
+        live = {w.worker_id for w in workers}
+        self._partitions_of = {w: p for w, p in self._partitions_of.items() if w in live}
         self.metrics.set_utilization(
             {w.worker_id: w.holding / max(w.concurrency, 1) for w in workers}
         )

@@ -612,6 +612,9 @@ class SqliteTaskStore:
         claimed: list[Task] = []
         events: list[TaskEvent] = []
         for _, task_id in picked:
+            overdue = found[task_id].deadline_ms
+            if overdue is not None and overdue <= now_ms:
+                continue  # past its deadline: the next sweep expires it (with its cascade)
             task, event = transitions.assign(
                 found[task_id], worker_id=claim.worker_id, now_ms=now_ms, lease_ms=claim.lease_ms
             )

@@ -107,12 +107,18 @@ def start(task: Task, *, worker_id: str, fence: int, now_ms: int) -> tuple[Task,
 def complete(
     task: Task, *, worker_id: str, fence: int, now_ms: int, result: str | None
 ) -> list[tuple[Task, TaskEvent]]:
-    """IN_PROGRESS -> COMPLETED (an ASSIGNED task is started first, in the same step)."""
+    """IN_PROGRESS -> COMPLETED (an ASSIGNED task is started first, in the same step).
+
+    A task completed without a reported start is taken to have started when it
+    was assigned (its ``updated_ms``), so its processing time is not zero.
+    """
     check_holder(task, worker_id, fence)
     steps: list[tuple[Task, TaskEvent]] = []
     if task.state is S.ASSIGNED:
-        steps.append(start(task, worker_id=worker_id, fence=fence, now_ms=now_ms))
-        task = steps[-1][0]
+        started, _ = start(task, worker_id=worker_id, fence=fence, now_ms=now_ms)
+        started = replace(started, started_ms=task.updated_ms)
+        steps.append((started, _event(task, started)))
+        task = started
     _require(task, "complete", S.IN_PROGRESS)
     new = replace(
         task,

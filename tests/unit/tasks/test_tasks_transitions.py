@@ -346,7 +346,8 @@ def test_complete_from_in_progress_is_one_step() -> None:
 
 
 def test_complete_from_assigned_returns_start_then_complete() -> None:
-    """Complete of an ASSIGNED task returns two steps: ASSIGNED->IN_PROGRESS, then ->COMPLETED."""
+    """Complete of an ASSIGNED task returns two steps: ASSIGNED->IN_PROGRESS (dated at the
+    assignment), then ->COMPLETED."""
     task = make_task(S.ASSIGNED)
     steps = complete(task, worker_id=WORKER, fence=FENCE, now_ms=NOW, result=None)
     assert len(steps) == 2
@@ -357,7 +358,8 @@ def test_complete_from_assigned_returns_start_then_complete() -> None:
     assert_event(done_event, started, done, None)
     assert (start_event.old_state, start_event.new_state) == (S.ASSIGNED, S.IN_PROGRESS)
     assert (done_event.old_state, done_event.new_state) == (S.IN_PROGRESS, S.COMPLETED)
-    assert (done.started_ms, done.finished_ms, done.result) == (NOW, NOW, None)
+    assert (done.started_ms, done.finished_ms, done.result) == (task.updated_ms, NOW, None)
+    assert task.updated_ms < NOW
     assert done.attempts == task.attempts
 
 
