@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from northpole.cli import id_commands, serve_commands, token_commands
+from northpole.cli import id_commands, serve_commands, token_commands, worker_commands
 from northpole.core.errors import NorthpoleError
 from northpole.core.logging import configure_logging
 
@@ -25,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("up")(serve_commands.up)
+app.command("worker")(worker_commands.worker)
 idgen_app = typer.Typer(help="The Gift ID service.", no_args_is_help=True)
 idgen_app.command("serve")(serve_commands.idgen_serve)
 app.add_typer(idgen_app, name="idgen")

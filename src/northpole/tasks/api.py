@@ -335,6 +335,7 @@ def build_router(service: TaskService) -> APIRouter:  # noqa: C901 - one closure
                 lease_ms=_ms(body.lease_s) or default_lease_ms,
             ),
             wait_s=body.wait_s,
+            gone=request.is_disconnected,
         )
         return json_response({"tasks": [task_json(t) for t in tasks], "partitions": partitions})
 

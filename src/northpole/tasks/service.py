@@ -212,9 +212,20 @@ class TaskService:
     # -- the worker protocol ---------------------------------------------------
 
     async def claim(
-        self, claim: Claim, *, wait_s: float = 0.0
+        self,
+        claim: Claim,
+        *,
+        wait_s: float = 0.0,
+        gone: Callable[[], Awaitable[bool]] | None = None,
     ) -> tuple[list[Task], tuple[int, ...]]:
-        """Claim up to ``claim.limit`` tasks, waiting up to ``wait_s`` for some to appear."""
+        """Claim up to ``claim.limit`` tasks, waiting up to ``wait_s`` for some to appear.
+
+        Args:
+            claim: Who asks, for what.
+            wait_s: Longest wait (capped by ``max_claim_wait_s``) when nothing is claimable.
+            gone: Tells whether the asker has hung up; checked before every retry of a
+                long poll, so tasks are not assigned to a worker that died waiting.
+        """
         loop = asyncio.get_running_loop()
         give_up = loop.time() + min(max(wait_s, 0.0), self.settings.max_claim_wait_s)
         poll_s = self.settings.sweep_interval_ms / 1000
@@ -228,6 +239,8 @@ class TaskService:
             # Woken by any change; also re-check now and then for retries whose backoff ended.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter.wait(), min(remaining, poll_s))
+            if gone is not None and await gone():
+                return [], ()
 
     async def heartbeat(self, beat: Heartbeat) -> HeartbeatAnswer:
         """Record a worker's heartbeat (see :meth:`TaskStore.heartbeat`)."""
