@@ -16,6 +16,7 @@ import gc
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -186,6 +187,17 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
+def cpu_seconds(pid: int | str = "self") -> float | None:
+    """Return the CPU time (user + system) a process has used, ``None`` if unreadable."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except OSError:
+        return None
+    # Fields after the command name (which may hold spaces), from field 3 on.
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # -- network and processes ----------------------------------------------------
 
 
@@ -323,6 +335,107 @@ def serve(
         finally:
             server.stopped_on_sigterm = stop_process(proc, stop_timeout_s)
             console.print(f"server pid {proc.pid} exited with code {proc.returncode}")
+
+
+JWT_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
+
+
+def mint_token(server: Server, role: str, sub: str = "bench", ttl_s: int = 900) -> str:
+    """Mint a token for ``role`` with the server's key (same data dir, ``token create``)."""
+    argv = [venv_tool("northpole"), "token", "create", "--role", role, "--sub", sub]
+    done = subprocess.run(
+        [*argv, "--ttl", str(ttl_s)],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    tokens = [line.strip() for line in done.stdout.splitlines() if JWT_RE.match(line.strip())]
+    if not tokens:
+        raise RuntimeError(f"no JWT in the output of token create:\n{done.stdout}{done.stderr}")
+    return tokens[-1]
+
+
+# -- profiling with py-spy ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def py_spy(pid: int, output: Path, *, rate: int = 200, pause: bool = False) -> Iterator[None]:
+    """Sample ``pid`` with ``py-spy record --format raw`` while the block runs.
+
+    By default samples are taken without pausing the process (``--nonblocking``:
+    less overhead, but a stack may be read while it changes); ``pause`` makes
+    py-spy stop the process for each sample instead. Idle threads are left out.
+    On exit py-spy gets SIGINT and writes ``output`` (one line per distinct
+    stack: ``thread;frame;frame;... count``, root first).
+    """
+    output.parent.mkdir(parents=True, exist_ok=True)
+    argv = [venv_tool("py-spy"), "record", "--pid", str(pid), "--rate", str(rate)]
+    argv += ["--format", "raw", "--threads", "--output", str(output)]
+    if not pause:
+        argv.append("--nonblocking")
+    with output.with_suffix(".log").open("wb") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        time.sleep(0.2)  # let it attach
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+_LINE_NO = re.compile(r":\d+\)$")
+
+
+def _frame_name(frame: str) -> str:
+    """``"f (pkg/mod.py:12)"`` -> ``"f (pkg/mod.py)"``: one name per function."""
+    return _LINE_NO.sub(")", frame.strip())
+
+
+def summarize_profile(raw: Path, top: int = 15) -> dict[str, Any]:
+    """Read a py-spy raw profile: samples, and the top functions by self and by total time.
+
+    Percentages are of all samples. "Self" counts the innermost frame of each
+    sample; "total" counts every function once per sample it appears in. The
+    ``thread (0x...)`` roots added by ``--threads`` give the per-thread split.
+    """
+    self_n: dict[str, int] = {}
+    total_n: dict[str, int] = {}
+    threads: dict[str, int] = {}
+    samples = 0
+    for line in raw.read_text(encoding="utf-8", errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        samples += count
+        frames = stack.split(";")
+        if frames[0].startswith("thread ("):
+            thread = frames.pop(0)
+            threads[thread] = threads.get(thread, 0) + count
+        if not frames:
+            continue
+        names = [_frame_name(f) for f in frames]
+        self_n[names[-1]] = self_n.get(names[-1], 0) + count
+        for name in set(names):
+            total_n[name] = total_n.get(name, 0) + count
+
+    def ranked(counts: dict[str, int]) -> list[tuple[str, float]]:
+        best = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[:top]
+        return [(name, round(100 * n / samples, 1)) for name, n in best]
+
+    return {
+        "samples": samples,
+        "threads_pct": dict(ranked(threads)) if samples else {},
+        "self_pct": ranked(self_n) if samples else [],
+        "total_pct": ranked(total_n) if samples else [],
+    }
 
 
 # -- load generation with wrk ---------------------------------------------------
