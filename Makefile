@@ -42,6 +42,7 @@ pytest: install system-deps
 bench: install
 	@bash scripts/ensure-debs.sh $(BENCH_DEBS)
 	$(BIN)/python bench/idgen.py
+	$(BIN)/python bench/queue.py
 
 format: install
 	$(BIN)/ruff check --fix src tests bench

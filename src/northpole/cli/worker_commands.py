@@ -33,6 +33,7 @@ from rich.markup import escape
 from northpole.core.errors import ConfigurationError
 from northpole.core.logging import configure_logging, get_logger
 from northpole.core.metrics import new_registry
+from northpole.core.server import freeze_startup_heap
 from northpole.core.settings import Settings
 from northpole.tasks.backends import HttpBackend, LocalBackend, WorkerBackend
 from northpole.tasks.handlers import TaskRegistry
@@ -219,6 +220,7 @@ def worker(
     server = None
     if metrics_port is not None:
         server, _ = start_http_server(metrics_port, addr=metrics_host, registry=metrics)
+    freeze_startup_heap()
     try:
         asyncio.run(run_worker(settings, make_pool, url=url, token=token))
     finally:

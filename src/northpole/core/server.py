@@ -9,6 +9,7 @@ start exits 1.
 
 from __future__ import annotations
 
+import gc
 import signal
 from types import FrameType
 
@@ -16,6 +17,20 @@ import uvicorn
 from fastapi import FastAPI
 
 from northpole.core.settings import Settings
+
+
+def freeze_startup_heap() -> None:
+    """Move everything alive after start-up out of the garbage collector's sight.
+
+    A long-running process keeps a few hundred thousand objects from its imports
+    (modules, classes, metric families) that never die. Each full collection
+    walks all of them, which stalls the event loop for tens of milliseconds at
+    unpredictable times: at 1,000 requests/s that alone sets the p99. After
+    ``gc.freeze()`` collections only walk what was made since, so they stay short.
+    Call once, after imports and set-up, before serving.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def build_server(app: FastAPI, settings: Settings) -> uvicorn.Server:
@@ -40,6 +55,7 @@ def serve(app: FastAPI, settings: Settings) -> None:
         SystemExit: The server could not start (for example the port is taken).
     """
     server = build_server(app, settings)
+    freeze_startup_heap()
     # uvicorn re-raises the signal that stopped it once it has shut down; with
     # these handlers in place that re-raise is a no-op and a graceful stop
     # exits 0, as process supervisors expect.

@@ -7,6 +7,7 @@ admin may call everything.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from northpole.core.validation import load_json, parse_body, validate
 from northpole.idgen import parse_id
 from northpole.tasks.model import (
     MAX_BATCH,
+    MAX_HELD,
     MAX_METADATA_BYTES,
     MAX_PRIORITY,
     MIN_PRIORITY,
@@ -138,8 +140,8 @@ class HeartbeatIn(BaseModel):
     group: StrictStr = Field(default="default", min_length=1, max_length=100)
     task_types: list[StrictStr] = Field(default_factory=list, max_length=1000)
     concurrency: StrictInt = Field(default=1, ge=1, le=100_000)
-    started: list[HeldTask] = Field(default_factory=list, max_length=10_000)
-    holding: list[HeldTask] = Field(default_factory=list, max_length=10_000)
+    started: list[HeldTask] = Field(default_factory=list, max_length=MAX_HELD)
+    holding: list[HeldTask] = Field(default_factory=list, max_length=MAX_HELD)
     lease_s: float | None = Field(default=None, ge=1, le=3600)
 
 
@@ -362,24 +364,29 @@ def build_router(service: TaskService) -> APIRouter:  # noqa: C901 - one closure
     async def ack(worker_id: WorkerIdPath, request: Request) -> Response:
         body = parse_body(await request.body(), AckIn)
         wid = _worker_id(worker_id)
-        results = []
-        for done in body.completed:
-            results.append(
-                await _outcome(
-                    done.id,
-                    service.complete(done.id, worker_id=wid, fence=done.fence, result=done.result),
-                )
+        # All at once: the store writes concurrent calls in one transaction (one fsync).
+        outcomes = [
+            _outcome(
+                done.id,
+                service.complete(done.id, worker_id=wid, fence=done.fence, result=done.result),
             )
-        for failed in body.failed:
-            outcome = service.fail(
+            for done in body.completed
+        ]
+        outcomes += [
+            _outcome(
                 failed.id,
-                worker_id=wid,
-                fence=failed.fence,
-                error=failed.error,
-                retry=failed.retry,
-                delay_ms=_ms(failed.retry_delay_s),
+                service.fail(
+                    failed.id,
+                    worker_id=wid,
+                    fence=failed.fence,
+                    error=failed.error,
+                    retry=failed.retry,
+                    delay_ms=_ms(failed.retry_delay_s),
+                ),
             )
-            results.append(await _outcome(failed.id, outcome))
+            for failed in body.failed
+        ]
+        results = await asyncio.gather(*outcomes)
         return json_response({"results": results})
 
     @router.post("/tasks/{id}/complete", dependencies=[workers], summary="Report success")

@@ -14,6 +14,8 @@ from enum import StrEnum
 MAX_METADATA_BYTES = 16_384
 #: Most tasks one submit may carry.
 MAX_BATCH = 10_000
+#: The most tasks one worker may hold at once (what one heartbeat can name).
+MAX_HELD = 10_000
 MIN_PRIORITY = -(2**31)
 MAX_PRIORITY = 2**31 - 1
 

@@ -770,6 +770,44 @@ async def test_acks_are_batched(backend: FakeBackend) -> None:
     assert max(sizes) <= 8
 
 
+async def test_slow_acks_hold_back_claims(backend: FakeBackend) -> None:
+    """While acks do not land, the worker stops claiming at twice its capacity.
+
+    Without the bound, a queue slow to take acks makes the worker claim on and
+    on (finished tasks no longer count as running) until its heartbeats grow
+    past what the queue accepts.
+    """
+    tasks = TaskRegistry()
+    tasks.register("wrap", lambda ctx: None)
+    for _ in range(200):
+        backend.submit()
+    gate = asyncio.Event()
+    real_ack = backend.ack
+
+    async def stalled_ack(
+        worker_id: str, completed: Sequence[Completion], failed: Sequence[Failure]
+    ) -> list[AckResult]:
+        await gate.wait()
+        return await real_ack(worker_id, completed, failed)
+
+    backend.ack = stalled_ack  # type: ignore[method-assign]
+    pool = make_pool(tasks, backend, concurrency=10, prefetch=0, ack_flush_s=0.001)
+    runner = asyncio.create_task(pool.run())
+    try:
+        await wait_for(lambda: pool.held == 20)
+        await asyncio.sleep(0.2)  # claims would go on here if nothing held them back
+        assigned = [s for s in backend.states().values() if s != "PENDING"]
+        assert len(assigned) == 20
+        assert pool.held == 20
+        gate.set()
+        await wait_for(all_final(backend))
+    finally:
+        gate.set()
+        pool.stop()
+        await asyncio.wait_for(runner, 5)
+    assert backend.acked_ids() and sorted(set(backend.acked_ids())) == sorted(backend.tasks)
+
+
 # -- observability and configuration -------------------------------------------------------
 
 
@@ -840,6 +878,7 @@ async def test_run_twice_is_a_lifecycle_error(backend: FakeBackend) -> None:
     ("options", "field"),
     [
         ({"concurrency": 0}, "concurrency"),
+        ({"concurrency": 10_000}, "concurrency"),  # with its default prefetch, over MAX_HELD
         ({"lease_s": 0}, "lease_s"),
         ({"heartbeat_s": 0}, "heartbeat_s"),
         ({"lease_s": 1, "heartbeat_s": 1}, "heartbeat_s"),

@@ -14,6 +14,7 @@ from dataclasses import replace
 from northpole.core.errors import Unavailable
 from northpole.core.logging import get_logger
 from northpole.tasks.backends import Assignment, Backoff, WorkerBackend
+from northpole.tasks.model import MAX_HELD
 from northpole.tasks.store import Claim
 from northpole.tasks.worker.ledger import HeldTasks
 
@@ -25,7 +26,9 @@ class Claimer:
 
     Args:
         backend: Where tasks come from.
-        held: The ledger (its ``active`` count is checked against ``capacity``).
+        held: The ledger (queued and running tasks count against ``capacity``; with
+            those waiting for their ack, it holds at most twice that, and never more
+            than :data:`MAX_HELD`).
         dispatch: Called with each claimed task.
         template: The claim (``limit`` set per call).
         capacity: The most tasks queued or running at once (concurrency + prefetch).
@@ -53,6 +56,7 @@ class Claimer:
         self._dispatch = dispatch
         self._template = template
         self._capacity = capacity
+        self._max_held = min(2 * capacity, MAX_HELD)
         self._batch = batch
         self._wait_s = wait_s
         self._idle_s = idle_s
@@ -76,7 +80,10 @@ class Claimer:
         """Claim until stopped; an unreachable queue is retried with backoff."""
         failures = 0
         while not self._stopped:
-            room = self._capacity - self._held.active
+            # Queued and running tasks count against the capacity; tasks waiting for
+            # their ack get an allowance of their own (claims go on while acks travel),
+            # but a slow queue slows the claims down instead of letting outcomes pile up.
+            room = min(self._capacity - self._held.active, self._max_held - len(self._held))
             if room <= 0:
                 await self._held.changed()
                 continue

@@ -32,6 +32,7 @@ from northpole.tasks.backends import (
     WorkerBackend,
 )
 from northpole.tasks.handlers import Outcome, TaskRegistry
+from northpole.tasks.model import MAX_HELD
 from northpole.tasks.store import Claim, Heartbeat
 from northpole.tasks.worker.acker import Acker
 from northpole.tasks.worker.claimer import Claimer
@@ -95,13 +96,14 @@ class WorkerPool:
         idle_s: float = 0.05,
         drain_timeout_s: float = 30.0,
         ack_flush_s: float = 0.01,
-        ack_batch: int = 100,
+        ack_batch: int = 1000,
         backoff: Backoff | None = None,
         metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         types = frozenset(registry.types if task_types is None else task_types)
         interval_s = heartbeat_s if heartbeat_s is not None else lease_s / 3
-        _check(concurrency=concurrency, lease_s=lease_s, heartbeat_s=interval_s)
+        capacity = concurrency + (max(1, concurrency // 10) if prefetch is None else prefetch)
+        _check(concurrency=concurrency, capacity=capacity, lease_s=lease_s, heartbeat_s=interval_s)
         _check_types(types, registry)
         self.worker_id = worker_id or default_worker_id()
         self.group = group
@@ -141,7 +143,7 @@ class WorkerPool:
             self._held,
             dispatch=self._runner.dispatch,
             template=Claim(self.worker_id, group, types, lease_ms=lease_ms),
-            capacity=concurrency + (max(1, concurrency // 10) if prefetch is None else prefetch),
+            capacity=capacity,
             batch=batch or concurrency,
             wait_s=poll_wait_s,
             idle_s=idle_s,
@@ -286,9 +288,13 @@ class WorkerPool:
         _log.info("task taken away by the queue", task_id=str(task_id), phase=held.phase.value)
 
 
-def _check(*, concurrency: int, lease_s: float, heartbeat_s: float) -> None:
+def _check(*, concurrency: int, capacity: int, lease_s: float, heartbeat_s: float) -> None:
     if concurrency < 1:
         raise ConfigurationError("concurrency must be at least 1", field="concurrency")
+    if capacity > MAX_HELD:
+        raise ConfigurationError(
+            f"concurrency + prefetch must be at most {MAX_HELD:,}", field="concurrency"
+        )
     if lease_s <= 0:
         raise ConfigurationError("lease_s must be positive", field="lease_s")
     if not 0 < heartbeat_s < lease_s:
