@@ -6,6 +6,10 @@ HTTP handler in :mod:`northpole.core.http` turns into::
 
     {"error": {"code": "...", "message": "...", "field": "..." | null}}
 
+An error that has more to say than one message (an infeasible matching names
+the participants at fault) passes ``details``, a JSON-ready mapping that joins
+the body as ``error.details``.
+
 The tree::
 
     NorthpoleError                      500 internal
@@ -27,6 +31,9 @@ them as one of these with ``raise ... from exc``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class NorthpoleError(Exception):
     """Root of every deliberate northpole error."""
@@ -34,14 +41,24 @@ class NorthpoleError(Exception):
     status_code: int = 500
     code: str = "internal"
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        self.details = dict(details) if details is not None else None
 
-    def to_body(self) -> dict[str, dict[str, str | None]]:
-        """Return the JSON error body for this error."""
-        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+    def to_body(self) -> dict[str, dict[str, Any]]:
+        """Return the JSON error body for this error (with ``details`` when there are some)."""
+        error: dict[str, Any] = {"code": self.code, "message": self.message, "field": self.field}
+        if self.details is not None:
+            error["details"] = self.details
+        return {"error": error}
 
 
 class InvalidInput(NorthpoleError):

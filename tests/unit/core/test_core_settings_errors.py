@@ -307,3 +307,17 @@ def test_parse_body_invalid_input_names_field(raw: bytes, field: str) -> None:
     assert caught.value.field == field
     assert caught.value.status_code == 422
     assert caught.value.message
+
+
+def test_error_details_join_the_body() -> None:
+    """An error with details carries them as error.details; without, the key is absent."""
+    exc = InvalidInput("no match", field="participants", details={"givers": ["a", "b"]})
+    assert exc.to_body() == {
+        "error": {
+            "code": "invalid_input",
+            "message": "no match",
+            "field": "participants",
+            "details": {"givers": ["a", "b"]},
+        }
+    }
+    assert "details" not in InvalidInput("x").to_body()["error"]
