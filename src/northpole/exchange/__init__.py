@@ -1,0 +1,1 @@
+"""The exchange matcher: Secret-Santa style gift exchanges, matched optimally and privately."""
