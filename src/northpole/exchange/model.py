@@ -8,7 +8,7 @@ Vocabulary: a *giver* gives to a *receiver*; every participant is both, once.
 A matching is *valid* when it satisfies every hard constraint of :class:`Rules`
 and each participant's own ``exclusions`` and ``group``; among valid matchings
 the matcher returns one of minimum total cost (the cost is defined in
-``docs/exchange.md``).
+``docs/matching.md``).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class Matching:
 
     Attributes:
         pairs: giver id -> receiver id, for every participant.
-        cost: Its total cost (see ``docs/exchange.md``).
+        cost: Its total cost (see ``docs/matching.md``).
         optimal: True when ``cost`` is proven minimal among valid matchings; False
             only where the docs say the guarantee is weaker (large instances with
             ``single_cycle`` or ``no_reciprocal``).
@@ -124,7 +124,7 @@ class Explanation:
 
     For ``HALL``: ``givers`` (k of them) can only give to ``receivers`` (j < k of
     them), so at least ``k - j`` of those givers cannot be served; the set is as
-    small as the matcher could make it (see ``docs/exchange.md``).
+    small as the matcher could make it (see ``docs/matching.md``).
     """
 
     kind: ExplanationKind
