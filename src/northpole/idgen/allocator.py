@@ -7,11 +7,15 @@ generator holds its id through a lease for as long as it issues IDs:
   is guarded by an exclusive ``flock`` on a file in the data directory, so two
   processes on one data directory cannot use one id. The kernel drops the lock
   when the process dies, even by ``kill -9``.
-* An etcd lease allocator (cluster edition) implements the same port.
+* :class:`northpole.coord.workshop.EtcdWorkshopAllocator` (cluster edition)
+  leases the lowest free id from etcd; its lease can be lost (expiry, partition,
+  a paused process), and then :meth:`WorkshopLease.lost` returns so the service
+  can take another id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 from pathlib import Path
@@ -38,6 +42,10 @@ class WorkshopLease(Protocol):
         """Raise :class:`WorkshopIdUnavailable` if the lease can no longer be trusted."""
         ...
 
+    async def lost(self) -> str:
+        """Wait until the lease is lost or released; return why."""
+        ...
+
 
 class WorkshopIdAllocator(Protocol):
     """Hands out workshop ids, at most one live holder per id."""
@@ -58,6 +66,7 @@ class FileLease:
         self._workshop_id = workshop_id
         self.path = path
         self._fd: int | None = fd
+        self._closed = asyncio.Event()
 
     @property
     def workshop_id(self) -> int:
@@ -74,11 +83,17 @@ class FileLease:
         if self._fd is None:
             raise WorkshopIdUnavailable(f"workshop id {self._workshop_id} was released")
 
+    async def lost(self) -> str:
+        """Wait until the lock is released (a held flock is never lost otherwise)."""
+        await self._closed.wait()
+        return "released"
+
     def close(self) -> None:
         """Drop the lock."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        self._closed.set()
 
 
 class LockFileAllocator:

@@ -19,6 +19,7 @@ class IdGenMetrics:
     collisions: Counter
     clock_backwards: Counter
     workshop: Gauge
+    leases_lost: Counter
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> IdGenMetrics:
@@ -42,6 +43,11 @@ class IdGenMetrics:
                 "gift_id_workshop_id",
                 "The workshop id this instance issues with (-1 before it has one).",
                 ["source"],
+                registry=registry,
+            ),
+            leases_lost=Counter(
+                "gift_id_workshop_leases_lost",
+                "Times the workshop id lease was lost and a new one had to be taken.",
                 registry=registry,
             ),
         )

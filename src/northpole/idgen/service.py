@@ -2,7 +2,8 @@
 
 Start-up order: take the workshop id (lock file or lease), load the high-water
 mark, wait out what an earlier process reserved if that is short, then report
-ready. Shutdown releases the workshop id.
+ready. A lost lease (cluster edition) stops IDs at once; the service then takes
+a new workshop id and resumes. Shutdown releases the workshop id.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from northpole.idgen.snowflake import DecodedId, decode
 from northpole.idgen.watermark import FileWatermark
 
 _log = get_logger(__name__)
+
+#: Backoff between attempts to take a new workshop id after the lease was lost.
+REACQUIRE_FIRST_DELAY_S = 0.1
+REACQUIRE_MAX_DELAY_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +80,22 @@ class IdGenService:
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
-        """Hold a workshop id and a generator while the app runs."""
-        lease = await self.allocator.acquire()
+        """Hold a workshop id and a generator while the app runs.
+
+        If the lease is lost (a cluster-edition lease can expire), IDs stop at
+        once and the service takes a new workshop id, possibly another one.
+        """
+        await self._install(await self.allocator.acquire())
+        supervisor = asyncio.create_task(self._supervise(), name="idgen-lease")
+        try:
+            yield
+        finally:
+            supervisor.cancel()
+            await asyncio.gather(supervisor, return_exceptions=True)
+            await self._uninstall()
+
+    async def _install(self, lease: WorkshopLease) -> None:
+        """Build the generator for ``lease``'s workshop id and start issuing with it."""
         try:
             generator = IdGenerator(
                 lease.workshop_id,
@@ -93,15 +112,47 @@ class IdGenService:
                     "clock is behind the stored ID watermark; refusing IDs until it catches up",
                     behind_ms=generator.behind_ms(),
                 )
-            self._lease, self._generator = lease, generator
-            self.metrics.workshop.labels(lease.source).set(lease.workshop_id)
-            _log.info("gift id generator ready", workshop_id=lease.workshop_id, source=lease.source)
-            yield
-        finally:
-            self._generator = None
-            self._lease = None
+        except BaseException:
+            await self.allocator.release(lease)
+            raise
+        self._lease, self._generator = lease, generator
+        self.metrics.workshop.labels(lease.source).set(lease.workshop_id)
+        _log.info("gift id generator ready", workshop_id=lease.workshop_id, source=lease.source)
+
+    async def _uninstall(self) -> None:
+        """Stop issuing and give the workshop id back."""
+        lease = self._lease
+        self._generator = None
+        self._lease = None
+        if lease is not None:
             self.metrics.workshop.labels(lease.source).set(-1)
             await self.allocator.release(lease)
+
+    async def _supervise(self) -> None:
+        """Replace a lost workshop lease with a new one, for as long as the service runs."""
+        while (lease := self._lease) is not None:
+            reason = await lease.lost()
+            if self._lease is not lease:
+                continue
+            _log.warning(
+                "workshop id lease lost; no IDs until a new one is held",
+                workshop_id=lease.workshop_id,
+                reason=reason,
+            )
+            self.metrics.leases_lost.inc()
+            await self._uninstall()
+            await self._install(await self._reacquire())
+
+    async def _reacquire(self) -> WorkshopLease:
+        """Acquire a workshop id, retrying with backoff while none can be had."""
+        delay = REACQUIRE_FIRST_DELAY_S
+        while True:
+            try:
+                return await self.allocator.acquire()
+            except Unavailable as exc:
+                _log.warning("no workshop id yet", error=exc.message, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, REACQUIRE_MAX_DELAY_S)
 
     def router(self) -> APIRouter:
         """Return the HTTP routes of this part."""
@@ -130,6 +181,9 @@ class IdGenService:
             raise Unavailable("the gift id generator is not running")
         lease.check()
         runs = generator.next_runs(count)
+        # Checked again after: every ID handed out was made while the lease held,
+        # even if the process was paused between the first check and the clock read.
+        lease.check()
         self.metrics.generated.inc(count)
         for run in runs:
             if hits := self._detector.observe(run):
