@@ -1,0 +1,424 @@
+"""The allowed-gift graph of one shard, with each gift's cost.
+
+A giver ``g`` may give to receiver ``r`` (an *allowed edge*) when ``g != r``,
+``r`` is not in ``g``'s exclusions, they are not in the same group, their
+budgets differ by at most ``Rules.budget_tolerance`` (when set), and, with
+``Rules.cross_region_only``, their regions differ.
+
+People are relabelled ``0..n-1`` in budget order (ties in a random order when
+an ``rng`` is given), so that with a budget tolerance each giver's receivers
+form one contiguous range of labels: the graph is built range by range with
+numpy and comes out sorted, without ever forming an ``n x n`` matrix above
+:data:`DENSE_MAX`. Three shapes:
+
+``dense``
+    ``n <= DENSE_MAX`` and at least :data:`DENSE_MIN_FILL` of all pairs in
+    range: boolean and cost matrices.
+``sparse``
+    every allowed edge, as CSR arrays (at most :data:`EDGE_LIMIT` of them).
+``sampled``
+    more edges than that: each giver keeps its allowed wishes and
+    :data:`SAMPLE_K` receivers drawn at random from its range. Solutions on it
+    are valid but only proven optimal when they reach the lower bound.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from northpole.exchange.cost import REGION_PENALTY, region_penalty, unwished_cost
+from northpole.exchange.model import RegionPreference, Rules
+from northpole.exchange.roster import Roster, Shard
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+FloatArray = npt.NDArray[np.float64]
+
+#: Largest shard solved on a dense matrix.
+DENSE_MAX = 10_000
+#: Smallest share of the n*n pairs in budget range for a dense matrix to pay.
+DENSE_MIN_FILL = 0.05
+#: Most edges enumerated in full; above this, candidates are sampled.
+EDGE_LIMIT = 80_000_000
+#: Random candidates drawn per giver in a sampled graph.
+SAMPLE_K = 48
+
+_BLOCK = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Local:
+    """A shard's people relabelled ``0..n-1`` in budget order, and their attributes."""
+
+    people: IntArray  # local label -> roster position
+    budget: FloatArray
+    group: IntArray  # equal codes: same group; people without one get unique codes
+    region: IntArray
+    excl_codes: IntArray  # sorted g * n + r of exclusions inside the shard
+    wish_g: IntArray
+    wish_r: IntArray
+    wish_rank: IntArray
+
+    @property
+    def n(self) -> int:
+        """How many people the shard has."""
+        return int(self.people.size)
+
+
+def localize(roster: Roster, shard: Shard, rng: random.Random | None) -> Local:
+    """Relabel a shard's members in budget order (random among equal budgets)."""
+    members = shard.members.copy()
+    if rng is not None:
+        perm = np.random.default_rng(rng.getrandbits(128)).permutation(members.size)
+        members = members[perm]
+    budgets = np.fromiter((roster.people[int(i)].budget for i in members), np.float64, members.size)
+    order = np.argsort(budgets, kind="stable")
+    members, budgets = members[order], budgets[order]
+    n = members.size
+    to_local = {int(g): loc for loc, g in enumerate(members)}
+    groups: dict[str, int] = {}
+    group = np.empty(n, dtype=np.int64)
+    excl: list[int] = []
+    wg: list[int] = []
+    wr: list[int] = []
+    wk: list[int] = []
+    for loc, g in enumerate(members):
+        p = roster.people[int(g)]
+        group[loc] = -1 - loc if p.group is None else groups.setdefault(p.group, len(groups))
+        for x in p.exclusions:
+            r = to_local.get(roster.index[x])
+            if r is not None:
+                excl.append(loc * n + r)
+        for rank, x in enumerate(p.preferences, start=1):
+            r = to_local.get(roster.index[x])
+            if r is not None:
+                wg.append(loc)
+                wr.append(r)
+                wk.append(rank)
+    return Local(
+        people=members,
+        budget=budgets,
+        group=group,
+        region=roster.region_codes[members],
+        excl_codes=np.unique(np.asarray(excl, dtype=np.int64)),
+        wish_g=np.asarray(wg, dtype=np.int64),
+        wish_r=np.asarray(wr, dtype=np.int64),
+        wish_rank=np.asarray(wk, dtype=np.int64),
+    )
+
+
+@dataclass
+class Graph:
+    """The allowed edges of a shard and their costs (see the module docstring).
+
+    Attributes:
+        local: The relabelled shard.
+        shape: ``"dense"``, ``"sparse"`` or ``"sampled"``.
+        complete: Whether every allowed edge is present (False when sampled).
+        matrix_allowed, matrix_cost: The dense form (``dense`` only).
+        indptr, indices, cost: CSR form: giver ``g``'s receivers are
+            ``indices[indptr[g]:indptr[g+1]]``, ascending.
+        row_floor: Per giver, a lower bound on the cost of any allowed gift.
+    """
+
+    local: Local
+    shape: str
+    complete: bool
+    row_floor: IntArray
+    matrix_allowed: BoolArray | None = None
+    matrix_cost: IntArray | None = None
+    indptr: IntArray | None = None
+    indices: IntArray | None = None
+    cost: IntArray | None = None
+    _csc: tuple[IntArray, IntArray] | None = field(default=None, repr=False)
+    _codes: IntArray | None = field(default=None, repr=False)
+
+    @property
+    def n(self) -> int:
+        """How many people the shard has."""
+        return self.local.n
+
+    def csr(self) -> tuple[IntArray, IntArray, IntArray]:
+        """Return ``(indptr, indices, cost)``, computed from the matrices if dense."""
+        if self.indptr is None or self.indices is None or self.cost is None:
+            if self.matrix_allowed is None or self.matrix_cost is None:
+                raise ValueError("a graph needs its matrices or its CSR arrays")
+            rows, cols = np.nonzero(self.matrix_allowed)
+            counts = np.bincount(rows, minlength=self.n)
+            self.indptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+            self.indices = cols.astype(np.int64)
+            self.cost = self.matrix_cost[rows, cols]
+        return self.indptr, self.indices, self.cost
+
+    def csc(self) -> tuple[IntArray, IntArray]:
+        """Return ``(indptr, givers)``: receiver ``r``'s givers, ascending."""
+        if self._csc is None:
+            indptr, indices, _ = self.csr()
+            rows = np.repeat(np.arange(self.n, dtype=np.int64), np.diff(indptr))
+            order = np.lexsort((rows, indices))
+            counts = np.bincount(indices, minlength=self.n)
+            self._csc = (np.concatenate(([0], np.cumsum(counts))).astype(np.int64), rows[order])
+        return self._csc
+
+    def out(self, g: int) -> IntArray:
+        """Return the receivers giver ``g`` may give to, ascending."""
+        if self.matrix_allowed is not None:
+            return np.flatnonzero(self.matrix_allowed[g]).astype(np.int64)
+        indptr, indices, _ = self.csr()
+        return indices[indptr[g] : indptr[g + 1]]
+
+    def has_edge(self, g: int, r: int) -> bool:
+        """Whether ``g -> r`` is an (present) allowed edge."""
+        if self.matrix_allowed is not None:
+            return bool(self.matrix_allowed[g, r])
+        return self.edge_index(g, r) >= 0
+
+    def edge_index(self, g: int, r: int) -> int:
+        """Return the CSR position of ``g -> r``, or -1 when it is not an edge."""
+        indptr, indices, _ = self.csr()
+        lo, hi = int(indptr[g]), int(indptr[g + 1])
+        pos = lo + int(np.searchsorted(indices[lo:hi], r))
+        return pos if pos < hi and int(indices[pos]) == r else -1
+
+    def edge_cost(self, g: int, r: int) -> int:
+        """Return the cost of ``g -> r`` (which must be an edge)."""
+        if self.matrix_cost is not None:
+            return int(self.matrix_cost[g, r])
+        _, _, cost = self.csr()
+        return int(cost[self.edge_index(g, r)])
+
+    def codes(self) -> IntArray:
+        """Return ``g * n + r`` for every CSR edge (sorted, as the CSR is)."""
+        if self._codes is None:
+            indptr, indices, _ = self.csr()
+            rows = np.repeat(np.arange(self.n, dtype=np.int64), np.diff(indptr))
+            self._codes = rows * self.n + indices
+        return self._codes
+
+    def lookup(self, g: IntArray, r: IntArray) -> tuple[BoolArray, IntArray]:
+        """Return, for the pairs ``g[i] -> r[i]``, whether each is an edge and its cost.
+
+        The cost of a pair that is not an edge is meaningless.
+        """
+        if self.matrix_allowed is not None and self.matrix_cost is not None:
+            return self.matrix_allowed[g, r], self.matrix_cost[g, r]
+        codes = self.codes()
+        _, _, cost = self.csr()
+        want = g * self.n + r
+        pos = np.searchsorted(codes, want)
+        pos[pos >= codes.size] = 0
+        return codes[pos] == want, cost[pos]
+
+    def out_many(self, nodes: IntArray) -> tuple[IntArray, IntArray]:
+        """Return every edge leaving ``nodes`` as ``(giver, receiver)`` arrays."""
+        if self.matrix_allowed is not None:
+            i, r = np.nonzero(self.matrix_allowed[nodes])
+            return nodes[i], r.astype(np.int64)
+        indptr, indices, _ = self.csr()
+        starts, ends = indptr[nodes], indptr[nodes + 1]
+        width = ends - starts
+        src = np.repeat(nodes, width)
+        offsets = np.arange(int(width.sum()), dtype=np.int64) - np.repeat(
+            np.cumsum(width) - width - starts, width
+        )
+        return src, indices[offsets]
+
+    def small_matrix(self) -> list[list[int | None]]:
+        """Return ``cost[g][r]`` as lists, ``None`` where not allowed (for small shards)."""
+        n = self.n
+        cost: list[list[int | None]] = [[None] * n for _ in range(n)]
+        indptr, indices, costs = self.csr()
+        for g in range(n):
+            for pos in range(int(indptr[g]), int(indptr[g + 1])):
+                cost[g][int(indices[pos])] = int(costs[pos])
+        return cost
+
+    def edge_count(self) -> int:
+        """How many edges the graph holds."""
+        if self.matrix_allowed is not None:
+            return int(np.count_nonzero(self.matrix_allowed))
+        indptr, _, _ = self.csr()
+        return int(indptr[-1])
+
+
+def _budget_ranges(local: Local, rules: Rules) -> tuple[IntArray, IntArray]:
+    """Return per giver the label range ``[lo, hi)`` of receivers within budget."""
+    n = local.n
+    tol = rules.budget_tolerance
+    if tol is None:
+        return np.zeros(n, dtype=np.int64), np.full(n, n, dtype=np.int64)
+    # Widened a little so rounding never drops an edge; the exact test follows.
+    slack = 1e-9 * (abs(tol) + np.abs(local.budget))
+    lo = np.searchsorted(local.budget, local.budget - tol - slack, side="left")
+    hi = np.searchsorted(local.budget, local.budget + tol + slack, side="right")
+    return lo.astype(np.int64), hi.astype(np.int64)
+
+
+def _keep(local: Local, rules: Rules, rows: IntArray, cols: IntArray) -> BoolArray:
+    """Which of the pairs ``rows[i] -> cols[i]`` are allowed edges."""
+    ok: BoolArray = np.not_equal(rows, cols)
+    ok &= local.group[rows] != local.group[cols]
+    if rules.budget_tolerance is not None:
+        ok &= np.abs(local.budget[rows] - local.budget[cols]) <= rules.budget_tolerance
+    if rules.cross_region_only:
+        ok &= local.region[rows] != local.region[cols]
+    if local.excl_codes.size:
+        codes = rows * local.n + cols
+        pos = np.searchsorted(local.excl_codes, codes)
+        pos[pos >= local.excl_codes.size] = 0
+        ok &= local.excl_codes[pos] != codes
+    return ok
+
+
+def _base_cost(local: Local, rules: Rules, rows: IntArray, cols: IntArray, w: int) -> IntArray:
+    """The cost of unwished gifts ``rows -> cols``: ``W`` plus any region penalty."""
+    cost = np.full(rows.size, w, dtype=np.int64)
+    if rules.region_preference is not RegionPreference.NONE:
+        same = local.region[rows] == local.region[cols]
+        against = same if rules.region_preference is RegionPreference.OTHER else ~same
+        cost[against] += REGION_PENALTY
+    return cost
+
+
+def _wish_costs(local: Local, rules: Rules) -> tuple[IntArray, IntArray, IntArray]:
+    """Return the allowed wishes as ``(giver, receiver, cost)``."""
+    g, r = local.wish_g, local.wish_r
+    keep = _keep(local, rules, g, r)
+    g, r, rank = g[keep], r[keep], local.wish_rank[keep]
+    same = local.region[g] == local.region[r]
+    pen = np.fromiter((region_penalty(rules, bool(s)) for s in same), np.int64, same.size)
+    return g, r, rank - 1 + pen
+
+
+def _row_floor(local: Local, rules: Rules, w: int) -> IntArray:
+    """Per giver, a lower bound on any allowed gift's cost: its best wish, or W."""
+    floor = np.full(local.n, w, dtype=np.int64)
+    g, _, cost = _wish_costs(local, rules)
+    np.minimum.at(floor, g, cost)
+    return floor
+
+
+def _apply_wishes(graph_codes: IntArray, cost: IntArray, local: Local, rules: Rules) -> None:
+    """Overwrite the cost of wished edges present in the sorted ``graph_codes``."""
+    g, r, wc = _wish_costs(local, rules)
+    if not g.size or not graph_codes.size:
+        return
+    codes = g * local.n + r
+    pos = np.searchsorted(graph_codes, codes)
+    pos[pos >= graph_codes.size] = 0
+    hit = graph_codes[pos] == codes
+    cost[pos[hit]] = wc[hit]
+
+
+def _dense(local: Local, rules: Rules, w: int) -> Graph:
+    n = local.n
+    allowed = np.empty((n, n), dtype=np.bool_)
+    cost = np.full((n, n), w, dtype=np.int64)
+    for start in range(0, n, _BLOCK):
+        rows = slice(start, min(n, start + _BLOCK))
+        block = local.group[rows, None] != local.group[None, :]
+        if rules.budget_tolerance is not None:
+            block &= np.abs(local.budget[rows, None] - local.budget[None, :]) <= (
+                rules.budget_tolerance
+            )
+        same = local.region[rows, None] == local.region[None, :]
+        if rules.cross_region_only:
+            block &= ~same
+        allowed[rows] = block
+        if rules.region_preference is RegionPreference.SAME:
+            cost[rows][~same] += REGION_PENALTY
+        elif rules.region_preference is RegionPreference.OTHER:
+            cost[rows][same] += REGION_PENALTY
+    np.fill_diagonal(allowed, False)
+    allowed.flat[local.excl_codes] = False
+    g, r, wc = _wish_costs(local, rules)
+    cost[g, r] = wc
+    return Graph(
+        local,
+        "dense",
+        complete=True,
+        row_floor=_row_floor(local, rules, w),
+        matrix_allowed=allowed,
+        matrix_cost=cost,
+    )
+
+
+def _from_pairs(local: Local, rules: Rules, rows: IntArray, cols: IntArray, w: int) -> Graph:
+    """Build a CSR graph from candidate pairs sorted by ``(row, col)``, dropping bad ones."""
+    keep = _keep(local, rules, rows, cols)
+    rows, cols = rows[keep], cols[keep]
+    cost = _base_cost(local, rules, rows, cols, w)
+    _apply_wishes(rows * local.n + cols, cost, local, rules)
+    counts = np.bincount(rows, minlength=local.n)
+    indptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    return Graph(
+        local,
+        "sparse",
+        complete=True,
+        row_floor=_row_floor(local, rules, w),
+        indptr=indptr,
+        indices=cols,
+        cost=cost,
+    )
+
+
+def _enumerate(lo: IntArray, hi: IntArray) -> tuple[IntArray, IntArray]:
+    """Every pair ``(g, r)`` with ``lo[g] <= r < hi[g]``, sorted."""
+    width = hi - lo
+    total = int(width.sum())
+    rows = np.repeat(np.arange(lo.size, dtype=np.int64), width)
+    starts = np.cumsum(width) - width
+    cols = np.arange(total, dtype=np.int64) - np.repeat(starts - lo, width)
+    return rows, cols
+
+
+def _sampled(local: Local, rules: Rules, w: int, lo: IntArray, hi: IntArray, seed: int) -> Graph:
+    gen = np.random.default_rng(seed)
+    n = local.n
+    rows = np.repeat(np.arange(n, dtype=np.int64), SAMPLE_K)
+    width = np.repeat(hi - lo, SAMPLE_K)
+    cols = np.repeat(lo, SAMPLE_K) + (gen.random(rows.size) * width).astype(np.int64)
+    codes = np.unique(np.concatenate((rows * n + cols, local.wish_g * n + local.wish_r)))
+    rows, cols = np.divmod(codes, n)
+    graph = _from_pairs(local, rules, rows, cols, w)
+    graph.shape = "sampled"
+    graph.complete = False
+    return graph
+
+
+def build_graph(
+    local: Local, rules: Rules, max_wishes: int, *, seed: int = 0, force: str | None = None
+) -> Graph:
+    """Build the allowed-edge graph of a shard in the shape its size calls for.
+
+    Args:
+        local: The relabelled shard.
+        rules: The exchange's rules.
+        max_wishes: ``M`` over the whole exchange (for ``W``).
+        seed: Seeds the candidate draw of a ``sampled`` graph.
+        force: ``"dense"``, ``"sparse"`` or ``"sampled"`` to override the choice
+            (tests and benchmarks); a dense graph is never built above
+            :data:`DENSE_MAX` people.
+    """
+    w = unwished_cost(max_wishes)
+    n = local.n
+    lo, hi = _budget_ranges(local, rules)
+    in_range = int((hi - lo).sum())
+    shape = force
+    if shape is None:
+        if n <= DENSE_MAX and in_range >= DENSE_MIN_FILL * n * n:
+            shape = "dense"
+        elif in_range <= EDGE_LIMIT:
+            shape = "sparse"
+        else:
+            shape = "sampled"
+    if shape == "dense" and n <= DENSE_MAX:
+        return _dense(local, rules, w)
+    if shape == "sampled":
+        return _sampled(local, rules, w, lo, hi, seed)
+    rows, cols = _enumerate(lo, hi)
+    return _from_pairs(local, rules, rows, cols, w)
