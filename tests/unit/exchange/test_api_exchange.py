@@ -518,3 +518,42 @@ def test_a_left_out_budget_tolerance_takes_the_configured_default(tmp_path: Path
         assert api.create(rules={"no_reciprocal": True})["rules"]["budget_tolerance"] == 5
         explicit = api.create(rules={"budget_tolerance": None})
         assert explicit["rules"]["budget_tolerance"] is None
+
+
+def test_the_real_matcher_explains_an_infeasible_exchange(tmp_path: Path) -> None:
+    """With the real matcher, a giver who excludes every other person makes a 422 naming them."""
+    for api in client_for(tmp_path):
+        exchange_id = api.create()["id"]
+        others = api.register(exchange_id, 3)
+        picky = api.person(exclusions=others)
+        url = f"{API}/{exchange_id}/participants"
+        assert api.client.post(url, json=picky, headers=api.org).status_code == 201
+        response = api.client.post(f"{API}/{exchange_id}/match", headers=api.org)
+        error = assert_error(response, 422, "infeasible")
+        assert picky["id"] in error["details"]["givers"]
+        assert api.client.get(f"{API}/{exchange_id}", headers=api.org).json()["phase"] == (
+            "REGISTRATION"
+        )
+        fixed = api.client.patch(
+            f"{url}/{picky['id']}", json={"exclusions": others[:1]}, headers=api.org
+        )
+        assert fixed.status_code == 200
+        response = api.client.post(f"{API}/{exchange_id}/match", headers=api.org)
+        assert response.json()["phase"] == "COMMITTED"
+
+
+def test_the_real_matcher_respects_households(tmp_path: Path) -> None:
+    """Members of one group never give to each other (checked by opening every box)."""
+    for api in client_for(tmp_path):
+        exchange_id = api.create()["id"]
+        bodies = [api.person(group=f"house-{i % 3}") for i in range(9)]
+        url = f"{API}/{exchange_id}/participants"
+        response = api.client.post(url, json={"participants": bodies}, headers=api.org)
+        assert response.status_code == 201
+        assert api.client.post(f"{API}/{exchange_id}/match", headers=api.org).status_code == 200
+        group = {b["id"]: b["group"] for b in bodies}
+        for body in bodies:
+            pid = body["id"]
+            got = api.client.get(f"{API}/{exchange_id}/matches/{pid}", headers=api.me(pid))
+            receiver = open_match(got.json()["sealed"], api.people.keys[pid]).receiver
+            assert group[receiver] != group[pid]
