@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -64,3 +65,20 @@ class CoordMetrics:
                 registry=registry,
             ),
         )
+
+
+_BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, CoordMetrics] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def coord_metrics(registry: CollectorRegistry) -> CoordMetrics:
+    """Return the coordination metrics of ``registry``, creating them on first use.
+
+    The allocator, the registrar and elections of one app share one registry,
+    and a metric can be registered on it only once.
+    """
+    metrics = _BY_REGISTRY.get(registry)
+    if metrics is None:
+        metrics = _BY_REGISTRY[registry] = CoordMetrics.register(registry)
+    return metrics
