@@ -209,6 +209,39 @@ def test_create_join_match_reveal_end_to_end(live: Live, tmp_path: Path) -> None
     assert receivers[0] in table and "you give to" in table
 
 
+def test_rule_flags_reach_the_exchange(live: Live) -> None:
+    """``create`` flags set the rules; ``status --json`` shows them."""
+    org = live.token(ORGANIZER, Role.OPERATOR)
+    created = run(
+        exchange_commands.app,
+        *("create", "--name", "x", "--region", "n", "--year", "2027"),
+        *("--budget-tolerance", "5", "--no-reciprocal", "--region-preference", "other"),
+        *("--url", live.url),
+        token=org,
+    )
+    exchange_id = ok(created).strip()
+    status = run(
+        exchange_commands.app, "status", exchange_id, "--json", "--url", live.url, token=org
+    )
+    body = orjson.loads(ok(status))
+    assert body["year"] == 2027
+    assert body["rules"] == {
+        "budget_tolerance": 5.0,
+        "no_reciprocal": True,
+        "single_cycle": False,
+        "cross_region_only": False,
+        "allow_cross_region": False,
+        "region_preference": "other",
+    }
+
+
+def test_a_malformed_exchange_id_is_refused_before_any_request(live: Live) -> None:
+    """EXCHANGE_ID must be decimal: InvalidInput on ``exchange_id``."""
+    result = run(exchange_commands.app, "status", "12\nx", "--url", live.url, token="t")
+    assert isinstance(result.exception, InvalidInput)
+    assert result.exception.field == "exchange_id"
+
+
 def test_errors_come_back_as_northpole_errors(live: Live, tmp_path: Path) -> None:
     """409, 404, 401, 422, a wrong key and an unreachable server each raise our error."""
     org = live.token(ORGANIZER, Role.OPERATOR)

@@ -160,10 +160,18 @@ def create(
         float | None,
         typer.Option(min=0, help="Largest budget difference between giver and receiver."),
     ] = None,
-    no_reciprocal: Annotated[bool, typer.Option(help="Never both A -> B and B -> A.")] = False,
-    single_cycle: Annotated[bool, typer.Option(help="One circle through everybody.")] = False,
-    cross_region_only: Annotated[bool, typer.Option(help="Always give to another region.")] = False,
-    allow_cross_region: Annotated[bool, typer.Option(help="Solve all regions at once.")] = False,
+    no_reciprocal: Annotated[
+        bool, typer.Option("--no-reciprocal", help="Never both A -> B and B -> A.")
+    ] = False,
+    single_cycle: Annotated[
+        bool, typer.Option("--single-cycle", help="One circle through everybody.")
+    ] = False,
+    cross_region_only: Annotated[
+        bool, typer.Option("--cross-region-only", help="Always give to another region.")
+    ] = False,
+    allow_cross_region: Annotated[
+        bool, typer.Option("--allow-cross-region", help="Solve all regions at once.")
+    ] = False,
     region_preference: Annotated[
         RegionPreference, typer.Option(help="Soft preference for the receiver's region.")
     ] = RegionPreference.NONE,
