@@ -26,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import random
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -263,6 +265,8 @@ class ExchangeService:
         self._ids = ids
         self._matcher = matcher or default_matcher
         self._store: ExchangeStore | None = None
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._rng = random.SystemRandom()
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -376,7 +380,7 @@ class ExchangeService:
             ok = (await self._swap(kv, cancelled)).succeeded
             return cancelled if ok else None
 
-        record = await self._retrying(attempt)
+        record = await self._retrying(exchange_id, attempt)
         _log.info("exchange cancelled", exchange_id=exchange_id)
         await self._refresh_phases()
         return record
@@ -423,7 +427,7 @@ class ExchangeService:
             ok = await self._insert(record, kv, participants, batch)
             return list(participants) if ok else None
 
-        stored = await self._retrying(attempt)
+        stored = await self._retrying(exchange_id, attempt)
         self.metrics.participants.inc(len(stored))
         _log.info("participants registered", exchange_id=exchange_id, count=len(stored))
         return stored
@@ -533,7 +537,7 @@ class ExchangeService:
             )
             return updated if ok.succeeded else None
 
-        return await self._retrying(attempt)
+        return await self._retrying(exchange_id, attempt)
 
     async def remove_participant(self, exchange_id: str, pid: str, principal: Principal) -> None:
         """Remove a participant during REGISTRATION; others' references to them are dropped."""
@@ -563,7 +567,7 @@ class ExchangeService:
                     ops.append(Put(other_kv.key, keys.encode_participant(stripped)))
             return True if (await self.store.txn(compares, ops)).succeeded else None
 
-        await self._retrying(attempt)
+        await self._retrying(exchange_id, attempt)
         _log.info("participant removed", exchange_id=exchange_id)
 
     # -- matching -----------------------------------------------------------------
@@ -580,7 +584,9 @@ class ExchangeService:
             WrongPhase: Not in REGISTRATION (409).
             Conflict: The exchange was cancelled while the solve ran.
         """
-        record, kv = await self._retrying(lambda: self._begin_matching(exchange_id, principal))
+        record, kv = await self._retrying(
+            exchange_id, lambda: self._begin_matching(exchange_id, principal)
+        )
         await self._refresh_phases()
         ex = record.exchange
         try:
@@ -732,12 +738,20 @@ class ExchangeService:
             [Put(kv.key, keys.encode_state(record)), self._index(record)],
         )
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[_T | None]]) -> _T:
-        for _ in range(self.settings.write_retries):
-            result = await attempt()
-            if result is not None:
-                return result
-            await asyncio.sleep(0)
+    async def _retrying(self, exchange_id: str, attempt: Callable[[], Awaitable[_T | None]]) -> _T:
+        """Run ``attempt`` until it returns a value (``None``: a compare failed; try again).
+
+        Writes to one exchange from this process take turns (one lock per
+        exchange), so retries only happen against other processes; those back
+        off for a random, growing while.
+        """
+        lock = self._locks.setdefault(exchange_id, asyncio.Lock())
+        async with lock:
+            for tries in range(self.settings.write_retries):
+                result = await attempt()
+                if result is not None:
+                    return result
+                await asyncio.sleep(self._rng.uniform(0, 0.001 * 2 ** min(tries, 8)))
         raise Unavailable("too many concurrent changes to this exchange; retry", retry_after_s=1.0)
 
     async def _refresh_phases(self) -> None:

@@ -480,3 +480,29 @@ async def test_each_solve_is_timed_by_region(h: Harness) -> None:
         "exchange_solves_total", {"region": "north", "outcome": "committed"}
     )
     assert solves == 1
+
+
+async def test_many_concurrent_self_registrations_all_land(h: Harness) -> None:
+    """200 participants registering at once all succeed, and the count is exact."""
+    exchange_id = await new_exchange(h.service)
+    people = [h.people.make() for _ in range(200)]
+    await asyncio.gather(
+        *(h.service.register(exchange_id, [p], as_participant(p.id)) for p in people)
+    )
+    assert (await h.service.get(exchange_id, ORGANIZER)).participants == 200
+    rows = await h.service.store.range(keys.participants_prefix(2026, exchange_id))
+    assert len(rows.kvs) == 200
+
+
+async def test_two_processes_registering_at_once_keep_an_exact_count(tmp_path: Path) -> None:
+    """Two services on one file (two processes) register concurrently; none is lost."""
+    async with running_service(tmp_path) as first, running_service(tmp_path) as second:
+        exchange_id = await new_exchange(first.service)
+        people = [first.people.make() for _ in range(60)]
+        await asyncio.gather(
+            *(
+                (first if i % 2 else second).service.register(exchange_id, [p], ORGANIZER)
+                for i, p in enumerate(people)
+            )
+        )
+        assert (await second.service.get(exchange_id, ORGANIZER)).participants == 60
