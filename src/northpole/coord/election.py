@@ -32,6 +32,9 @@ from northpole.core.logging import get_logger
 
 _log = get_logger(__name__)
 
+#: Pause before reading again after an etcd failure while waiting for a turn.
+RETRY_S = 0.1
+
 
 @dataclass(frozen=True, slots=True)
 class Leader:
@@ -122,9 +125,19 @@ class Election:
         return Leadership(self, keeper, key, token, candidate)
 
     async def _wait_turn(self, token: int, keeper: LeaseKeeper) -> None:
-        """Return once no key created before revision ``token`` is left."""
+        """Return once no key created before revision ``token`` is left.
+
+        etcd failures while waiting (a member dies, a watch breaks) are retried
+        for as long as the candidate's lease holds.
+        """
         while True:
-            found = await self.client.get_prefix(self.prefix)
+            keeper.check()
+            try:
+                found = await self.client.get_prefix(self.prefix)
+            except Unavailable as exc:
+                _log.warning("election read failed; retrying", error=exc.message)
+                await asyncio.sleep(RETRY_S)
+                continue
             ahead = [kv for kv in found.kvs if kv.create_revision < token]
             if not ahead:
                 return
@@ -140,7 +153,10 @@ class Election:
             if lost.done() and not lost.cancelled():
                 raise Unavailable(f"lost the candidate lease while waiting: {lost.result()}")
             if not deleted.cancelled() and (error := deleted.exception()) is not None:
-                raise error
+                if not isinstance(error, Unavailable):
+                    raise error
+                _log.warning("election watch failed; retrying", error=error.message)
+                await asyncio.sleep(RETRY_S)
 
     async def _deleted(self, key: bytes, start_revision: int) -> None:
         async with self.client.watch_prefix(self.prefix, start_revision=start_revision) as watch:
