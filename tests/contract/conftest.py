@@ -3,9 +3,12 @@
 ``backend`` names an implementation and opens store objects on one shared
 backing store (a second object on the same data is how the suite tests
 concurrency between processes and durability); ``store`` is the first such
-object. To add an implementation (Redis), add a branch to ``_opener`` and its
-name to ``BACKENDS``. Stores take ``now_ms`` arguments, so a ``FakeClock``
-drives time by hand.
+object. Each implementation is a branch of ``_opener`` and a name in
+``BACKENDS``: ``sqlite`` (a file in ``tmp_path``), ``redis`` (one throwaway
+``redis-server``) and ``redis-cluster`` (a throwaway 3-master Redis Cluster);
+the Redis ones share their session's servers and keep tests apart by key
+namespace. Stores take ``now_ms`` arguments, so a ``FakeClock`` drives time by
+hand.
 """
 
 from __future__ import annotations
@@ -20,12 +23,20 @@ import pytest
 
 from northpole.core.clock import FakeClock
 from northpole.tasks.model import Task, TaskState
+from northpole.tasks.redis_store import RedisTaskStore
 from northpole.tasks.retry import RetryPolicy
 from northpole.tasks.scheduler import partition_of
 from northpole.tasks.sqlite_store import SqliteTaskStore
 from northpole.tasks.store import TaskStore
+from redis_servers import redis_cluster, redis_server, unique_namespace
 
-BACKENDS = ["sqlite"]
+__all__ = ["redis_cluster", "redis_server"]
+
+BACKENDS = [
+    "sqlite",
+    pytest.param("redis", marks=pytest.mark.integration),
+    pytest.param("redis-cluster", marks=pytest.mark.integration),
+]
 START_MS = 1_767_225_600_000
 
 
@@ -56,9 +67,27 @@ def config() -> ContractConfig:
 
 
 def _opener(
-    name: str, tmp_path: Path, opened: list[TaskStore]
+    name: str, tmp_path: Path, opened: list[TaskStore], request: pytest.FixtureRequest
 ) -> Callable[[], Awaitable[TaskStore]]:
     """Return a function opening a new store object of implementation ``name``."""
+    if name in ("redis", "redis-cluster"):
+        server = request.getfixturevalue("redis_server" if name == "redis" else "redis_cluster")
+        namespace = unique_namespace()
+        seeds = itertools.count(7)
+
+        async def open_redis() -> TaskStore:
+            store = RedisTaskStore(
+                server.url,
+                partitions=CONFIG.partitions,
+                aging_ms=CONFIG.aging_ms,
+                policy=CONFIG.policy,
+                rng=random.Random(next(seeds)),
+                namespace=namespace,
+            )
+            opened.append(await store.open())
+            return store
+
+        return open_redis
     if name == "sqlite":
         path = tmp_path / "tasks.db"
         seeds = itertools.count(7)
@@ -82,7 +111,7 @@ def _opener(
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """An implementation; every store it opened is closed after the test."""
     opened: list[TaskStore] = []
-    yield Backend(request.param, _opener(request.param, tmp_path, opened))
+    yield Backend(request.param, _opener(request.param, tmp_path, opened, request))
     for store in opened:
         await store.close()
 

@@ -1,0 +1,157 @@
+"""Task records <-> Redis hash fields, and the replies of the Lua scripts -> events.
+
+**Why a hash per task** (not the ``Task`` protobuf of ``proto/northpole/v1/task.proto``,
+nor one msgpack or JSON string): the scripts read and change single fields
+(state, fence, lease) without decoding and re-encoding the whole record, and
+every value stays a string. Task ids are 63-bit integers, which a Lua number
+(a double) cannot hold exactly, and Redis' ``cjson`` and ``cmsgpack`` decode
+them into doubles; as hash fields they are never converted. Small hashes are
+stored as listpacks, about as compact as an encoded blob. The field names are
+:data:`northpole.tasks.redis_keys.FIELDS`; a None value is an absent field.
+``dependencies`` is a comma-separated list of ids and ``metadata`` JSON text,
+both absent when empty: the scripts never look inside them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from northpole.tasks.model import Task, TaskEvent, TaskState
+from northpole.tasks.scheduler import schedule_key
+
+#: Hash field text -> TaskState.
+STATES = {state.value: state for state in TaskState}
+
+
+def task_fields(task: Task, *, aging_ms: int) -> list[str]:
+    """Return a task as the flat ``[field, value, ...]`` list of its hash (None fields left out)."""
+    out = [
+        "i",
+        str(task.id),
+        "g",
+        str(task.gift_id),
+        "y",
+        task.task_type,
+        "p",
+        str(task.priority),
+        "r",
+        str(task.max_retries),
+        "pa",
+        str(task.partition),
+        "s",
+        task.state.value,
+        "c",
+        str(task.created_ms),
+        "u",
+        str(task.updated_ms),
+        "a",
+        str(task.available_ms),
+        "n",
+        str(task.attempts),
+        "rc",
+        str(task.retry_count),
+        "f",
+        str(task.fence),
+        "sk",
+        str(schedule_key(task.priority, task.available_ms, aging_ms)),
+    ]
+    optional: tuple[tuple[str, object], ...] = (
+        ("d", ",".join(map(str, task.dependencies)) if task.dependencies else None),
+        ("dl", task.deadline_ms),
+        ("m", orjson.dumps(task.metadata).decode() if task.metadata else None),
+        ("k", task.idempotency_key),
+        ("w", task.worker_id),
+        ("l", task.lease_until_ms),
+        ("st", task.started_ms),
+        ("fi", task.finished_ms),
+        ("e", task.last_error),
+        ("re", task.result),
+    )
+    for name, value in optional:
+        if value is not None:
+            out += [name, str(value)]
+    return out
+
+
+def _int(value: str | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def task_from_hash(fields: Mapping[str, str]) -> Task:
+    """Build a Task from its hash fields (as HGETALL returns them)."""
+    deps = fields.get("d")
+    meta = fields.get("m")
+    return Task(
+        id=int(fields["i"]),
+        gift_id=int(fields["g"]),
+        task_type=fields["y"],
+        priority=int(fields["p"]),
+        dependencies=tuple(int(d) for d in deps.split(",")) if deps else (),
+        max_retries=int(fields["r"]),
+        deadline_ms=_int(fields.get("dl")),
+        metadata=dict(orjson.loads(meta)) if meta else {},
+        idempotency_key=fields.get("k"),
+        partition=int(fields["pa"]),
+        state=STATES[fields["s"]],
+        created_ms=int(fields["c"]),
+        updated_ms=int(fields["u"]),
+        available_ms=int(fields["a"]),
+        attempts=int(fields["n"]),
+        retry_count=int(fields["rc"]),
+        worker_id=fields.get("w"),
+        lease_until_ms=_int(fields.get("l")),
+        fence=int(fields["f"]),
+        started_ms=_int(fields.get("st")),
+        finished_ms=_int(fields.get("fi")),
+        last_error=fields.get("e"),
+        result=fields.get("re"),
+    )
+
+
+def task_from_flat(flat: Sequence[str]) -> Task:
+    """Build a Task from a script's flat ``[field, value, ...]`` reply."""
+    it = iter(flat)
+    return task_from_hash(dict(zip(it, it, strict=True)))
+
+
+def event_from_reply(item: Sequence[Any]) -> TaskEvent:
+    """Build a TaskEvent from a script's ``[id, gift, type, old, new, at, reason, attempt,
+    started]`` item (empty strings for None)."""
+    task_id, gift_id, task_type, old, new, at_ms, reason, attempt, started = item
+    return TaskEvent(
+        task_id=int(task_id),
+        gift_id=int(gift_id),
+        task_type=task_type,
+        old_state=STATES[old] if old else None,
+        new_state=STATES[new],
+        at_ms=int(at_ms),
+        reason=reason or None,
+        attempt=int(attempt),
+        started_ms=int(started) if started else None,
+    )
+
+
+def events_from_reply(items: Sequence[Sequence[Any]]) -> list[TaskEvent]:
+    """Build the events of a script reply."""
+    return [event_from_reply(item) for item in items]
+
+
+def submitted_event(task: Task, now_ms: int) -> TaskEvent:
+    """The ``None -> PENDING`` event of a newly stored task."""
+    return TaskEvent(
+        task_id=task.id,
+        gift_id=task.gift_id,
+        task_type=task.task_type,
+        old_state=None,
+        new_state=TaskState.PENDING,
+        at_ms=now_ms,
+    )
+
+
+def depth_key(field: str) -> tuple[TaskState, int, str]:
+    """Split a ``depth`` hash field ``"<state>|<priority>|<type>"``."""
+    state, priority, task_type = field.split("|", 2)
+    return STATES[state], int(priority), task_type
