@@ -24,7 +24,7 @@ from northpole.exchange import keys
 from northpole.exchange.crypto import PAYLOAD_VERSION
 from northpole.exchange.keys import ExchangeRecord, participant_json, rules_json
 from northpole.exchange.model import Participant, RegionPreference, Rules
-from northpole.exchange.service import NewExchange
+from northpole.exchange.policy import NewExchange
 
 if TYPE_CHECKING:
     from northpole.exchange.service import ExchangeService

@@ -34,7 +34,8 @@ from northpole.exchange.model import (
     Participant,
     Rules,
 )
-from northpole.exchange.service import ExchangeService, Matcher, NewExchange, exchange_service
+from northpole.exchange.policy import NewExchange
+from northpole.exchange.service import ExchangeService, Matcher, exchange_service
 from northpole.exchange.settings import ExchangeSettings
 from northpole.exchange.sqlite_store import SqliteExchangeStore
 from northpole.exchange.store import ExchangeStore

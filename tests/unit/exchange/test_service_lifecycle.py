@@ -16,13 +16,13 @@ from northpole.core.errors import Conflict, Forbidden, InvalidInput, NorthpoleEr
 from northpole.exchange import keys
 from northpole.exchange.crypto import commitment_root, open_match, verify_commitment
 from northpole.exchange.model import Infeasible, Phase, Rules
-from northpole.exchange.service import (
-    ExchangeCommitted,
+from northpole.exchange.policy import (
     ExchangeNotFound,
     NewExchange,
     ParticipantNotFound,
     WrongPhase,
 )
+from northpole.exchange.service import ExchangeCommitted
 from northpole.exchange.settings import ExchangeSettings
 from northpole.exchange.store import Put
 
