@@ -105,8 +105,11 @@ class ScriptError(NorthpoleError):
     code = "script_error"
 
 
-def connect(url: str) -> Client:
+def connect(url: str) -> tuple[Client, list[Redis]]:
     """Return a client for ``url`` (see the module docstring); nothing is sent yet.
+
+    Returns:
+        The client, and the Sentinel clients behind it (to close with it).
 
     Raises:
         ConfigurationError: The URL is not one of the supported forms.
@@ -114,14 +117,14 @@ def connect(url: str) -> Client:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme in ("redis", "rediss", "unix"):
-        return Redis.from_url(url, decode_responses=True)
+        return Redis.from_url(url, decode_responses=True), []
     hosts = [_host_port(item) for item in (parts.netloc.rsplit("@", 1)[-1]).split(",") if item]
     password = unquote(parts.password) if parts.password else None
     if not hosts:
         raise ConfigurationError(f"no host in Redis URL {url!r}", field="redis_url")
     if scheme == "redis+cluster":
         nodes = [ClusterNode(host, port) for host, port in hosts]
-        return RedisCluster(startup_nodes=nodes, decode_responses=True, password=password)
+        return RedisCluster(startup_nodes=nodes, decode_responses=True, password=password), []
     if scheme == "redis+sentinel":
         path = [p for p in parts.path.split("/") if p]
         if not path:
@@ -133,7 +136,7 @@ def connect(url: str) -> Client:
         primary: Redis = sentinel.master_for(
             path[0], db=db, password=password, decode_responses=True
         )
-        return primary
+        return primary, list(sentinel.sentinels)
     raise ConfigurationError(
         f"unsupported Redis URL scheme {parts.scheme!r} (redis, rediss, unix, "
         "redis+cluster, redis+sentinel)",
@@ -195,10 +198,11 @@ class ScriptRunner:
         except DRIVER_ERRORS as exc:
             raise Unavailable(f"Redis is unavailable: {exc}") from exc
 
-    async def close(self, *, client: bool) -> None:
-        """Close the per-node connections of a cluster, and the client if ``client``."""
+    async def close(self, *, client: bool, others: Sequence[Redis] = ()) -> None:
+        """Close the per-node connections of a cluster, the client if ``client``, and
+        ``others`` (Sentinel clients)."""
         nodes, self._nodes = self._nodes, {}
-        for node in nodes.values():
+        for node in (*nodes.values(), *others):
             await node.aclose()
         if client:
             await self.client.aclose()

@@ -67,6 +67,7 @@ from typing import Any
 import orjson
 
 from northpole.core.errors import Conflict, InvalidInput, Unavailable
+from northpole.core.logging import get_logger
 from northpole.tasks import transitions
 from northpole.tasks.model import Reason, Task, TaskEvent, TaskState
 from northpole.tasks.redis_batch import Coalescer
@@ -95,6 +96,7 @@ from northpole.tasks.store import (
     WorkerInfo,
 )
 
+_log = get_logger(__name__)
 S = TaskState
 #: Completions a type's mean processing time is (roughly) taken over.
 DURATION_WINDOW = 100
@@ -160,6 +162,7 @@ class RedisTaskStore:
         self._cache_size = location_cache
         self._where: dict[int, int] = {}
         self._runner: ScriptRunner | None = None
+        self._others: list[Any] = []
         self._owns_client = isinstance(url_or_client, str)
         self._closed = False
         self._completer = Coalescer(self._complete_batch)
@@ -171,15 +174,16 @@ class RedisTaskStore:
         if self._closed:
             raise Unavailable("task store is closed")
         if self._runner is None:
-            client = connect(self._source) if isinstance(self._source, str) else self._source
+            client, self._others = (
+                connect(self._source) if isinstance(self._source, str) else (self._source, [])
+            )
             runner = ScriptRunner(
                 client, wait_replicas=self._wait[0], wait_timeout_ms=self._wait[1]
             )
             try:
                 await runner.load()
             except BaseException:
-                if self._owns_client:
-                    await client.aclose()
+                await runner.close(client=self._owns_client, others=self._others)
                 raise
             self._runner = runner
         return self
@@ -190,7 +194,7 @@ class RedisTaskStore:
         await self._completer.drain()
         runner, self._runner = self._runner, None
         if runner is not None:
-            await runner.close(client=self._owns_client)
+            await runner.close(client=self._owns_client, others=self._others)
 
     async def __aenter__(self) -> RedisTaskStore:
         return await self.open()
@@ -662,6 +666,16 @@ class RedisTaskStore:
                 are removed from it once applied).
         """
         events: list[TaskEvent] = []
+        try:
+            await self._follow_all(items, now_ms, outbox, events)
+        except Unavailable as exc:
+            # Recorded in the outboxes: the sweeper applies them after outbox_grace_ms.
+            _log.warning("cross-partition follow-ups left to the sweeper", error=str(exc))
+        return events
+
+    async def _follow_all(
+        self, items: Sequence[FollowUp], now_ms: int, outbox: bool, events: list[TaskEvent]
+    ) -> None:
         while items:
             by_target: dict[int, list[str]] = {}
             for _, kind, target, child, parent in items:
@@ -684,7 +698,6 @@ class RedisTaskStore:
                 events += events_from_reply(evs)
                 nxt += _follow_items(int(call.args[0]), more)
             items, outbox = nxt, True
-        return events
 
     def _check_batch(self, batch: Sequence[Task]) -> None:
         ids: set[int] = set()

@@ -1,0 +1,248 @@
+"""The Redis task store against real throwaway servers: what the contract suite does not cover.
+
+Script loading (NOSCRIPT after a flush), cross-partition follow-ups finished by
+the sweeper, replication acknowledgements (``WAIT``) on a primary with a
+replica and on a cluster, Sentinel URLs, errors at the edges.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from northpole.core.errors import ConfigurationError, Unavailable
+from northpole.tasks.model import Task, TaskState
+from northpole.tasks.redis_store import RedisTaskStore
+from northpole.tasks.retry import RetryPolicy
+from northpole.tasks.scheduler import partition_of
+from northpole.tasks.store import Claim
+from redis_servers import (
+    RedisCluster,
+    RedisProcess,
+    cli,
+    start_cluster,
+    start_redis,
+    start_replica,
+    start_sentinels,
+    unique_namespace,
+)
+
+pytestmark = pytest.mark.integration
+
+S = TaskState
+PARTITIONS = 8
+NOW = 1_767_225_600_000
+_ids = itertools.count(10_000)
+
+
+def make_task(*, gift_id: int | None = None, dependencies: tuple[int, ...] = ()) -> Task:
+    """A PENDING task available at NOW (gift id = task id unless given)."""
+    task_id = next(_ids)
+    gift = task_id if gift_id is None else gift_id
+    return Task(
+        id=task_id,
+        gift_id=gift,
+        task_type="wrap",
+        priority=0,
+        dependencies=dependencies,
+        max_retries=3,
+        deadline_ms=None,
+        metadata={},
+        idempotency_key=None,
+        partition=partition_of(gift, PARTITIONS),
+        state=S.PENDING,
+        created_ms=NOW,
+        updated_ms=NOW,
+        available_ms=NOW,
+    )
+
+
+def store_on(url: str, **options: Any) -> RedisTaskStore:
+    """A store on ``url`` in a fresh namespace."""
+    options.setdefault("namespace", unique_namespace("i"))
+    return RedisTaskStore(
+        url, partitions=PARTITIONS, aging_ms=1_000, policy=RetryPolicy(100, 2.0, 1_000), **options
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """A throwaway redis-server for this module."""
+    process = start_redis(tmp_path_factory.mktemp("redis"))
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def primary_and_replica(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RedisProcess, RedisProcess]]:
+    """A primary with one replica."""
+    root = tmp_path_factory.mktemp("replicated")
+    primary = start_redis(root / "primary")
+    replica = start_replica(root / "replica", primary)
+    yield primary, replica
+    replica.stop()
+    primary.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A 3-master cluster without replicas."""
+    made = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield made
+    made.stop()
+
+
+@pytest.fixture
+async def store(server: RedisProcess) -> AsyncIterator[RedisTaskStore]:
+    """An open store on the module's server, in a namespace of its own."""
+    async with store_on(server.url) as opened:
+        yield opened
+
+
+def _other_partition_gift(partition: int) -> int:
+    return next(g for g in itertools.count(1) if partition_of(g, PARTITIONS) != partition)
+
+
+async def test_scripts_flushed_from_the_server_are_loaded_again(
+    store: RedisTaskStore, server: RedisProcess
+) -> None:
+    """After SCRIPT FLUSH, submit and claim still work: NOSCRIPT makes the store reload."""
+    cli(server.port, "SCRIPT", "FLUSH")
+    task = make_task()
+    await store.submit([task], now_ms=NOW)
+    claimed, _ = await store.claim(Claim("w", "g", lease_ms=1_000), now_ms=NOW)
+    assert [t.id for t in claimed] == [task.id]
+
+
+async def test_a_release_left_in_the_outbox_is_applied_by_the_sweeper(
+    store: RedisTaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dependent in another partition, whose release the completing process never sent,
+    becomes claimable once a sweep runs after the outbox grace."""
+    parent = make_task()
+    child = make_task(gift_id=_other_partition_gift(parent.partition), dependencies=(parent.id,))
+    await store.submit([parent, child], now_ms=NOW)
+    [held], _ = await store.claim(Claim("w", "g", lease_ms=60_000), now_ms=NOW)
+
+    async def lost(*_: Any, **__: Any) -> list[Any]:
+        return []  # the process "dies" before applying the follow-up
+
+    monkeypatch.setattr(store, "_follow", lost)
+    await store.complete(held.id, worker_id="w", fence=held.fence, result=None, now_ms=NOW)
+    monkeypatch.undo()
+    assert (await store.claim(Claim("w", "g", lease_ms=60_000), now_ms=NOW))[0] == []
+    await store.sweep(now_ms=NOW + 1_000, worker_ttl_ms=60_000)  # within the grace: not yet
+    assert (await store.claim(Claim("w", "g", lease_ms=60_000), now_ms=NOW + 1_000))[0] == []
+    later = NOW + 10_000
+    await store.sweep(now_ms=later, worker_ttl_ms=60_000)
+    claimed, _ = await store.claim(Claim("w", "g", lease_ms=60_000), now_ms=later)
+    assert [t.id for t in claimed] == [child.id]
+    await store.sweep(now_ms=later + 10_000, worker_ttl_ms=60_000)
+    assert (await store.get(child.id)).state is S.ASSIGNED  # applied once, not again
+
+
+async def test_a_failure_left_in_the_outbox_fails_the_dependent_at_the_next_sweep(
+    store: RedisTaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancelled task's dependent elsewhere is failed by the sweeper if the cascade was cut."""
+    parent = make_task()
+    child = make_task(gift_id=_other_partition_gift(parent.partition), dependencies=(parent.id,))
+    await store.submit([parent, child], now_ms=NOW)
+
+    async def lost(*_: Any, **__: Any) -> list[Any]:
+        return []
+
+    monkeypatch.setattr(store, "_follow", lost)
+    events = await store.cancel(parent.id, now_ms=NOW)
+    monkeypatch.undo()
+    assert [e.task_id for e in events] == [parent.id]
+    swept = await store.sweep(now_ms=NOW + 10_000, worker_ttl_ms=60_000)
+    assert [(e.task_id, e.new_state, e.reason) for e in swept] == [
+        (child.id, S.FAILED, "dependency_failed")
+    ]
+
+
+async def test_a_store_used_outside_its_lifecycle_raises_unavailable(server: RedisProcess) -> None:
+    """Calling the store before open() or after close() raises Unavailable."""
+    store = store_on(server.url)
+    with pytest.raises(Unavailable, match="not open"):
+        await store.get(1)
+    async with store:
+        await store.stats(now_ms=NOW)
+    with pytest.raises(Unavailable, match="closed"):
+        await store.get(1)
+
+
+async def test_an_unreachable_server_is_unavailable_at_open() -> None:
+    """Opening a store on a port nobody listens on raises Unavailable from the driver error."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(Unavailable) as info:
+        await store_on(f"redis://127.0.0.1:{port}/0").open()
+    assert info.value.__cause__ is not None
+
+
+async def test_an_unsupported_url_is_a_configuration_error() -> None:
+    """A URL of an unknown scheme is refused when the store opens."""
+    with pytest.raises(ConfigurationError):
+        await store_on("http://127.0.0.1:1").open()
+
+
+async def test_writes_wait_for_the_replica_when_asked(
+    primary_and_replica: tuple[RedisProcess, RedisProcess],
+) -> None:
+    """With wait_replicas=1 a submit returns once the replica has the task."""
+    primary, replica = primary_and_replica
+    namespace = unique_namespace("w")
+    async with store_on(primary.url, wait_replicas=1, namespace=namespace) as store:
+        task = make_task()
+        await store.submit([task], now_ms=NOW)
+    key = f"{namespace}:{{p{task.partition}}}:t:{task.id}"
+    assert cli(replica.port, "HGET", key, "s").strip() == "PENDING"
+
+
+async def test_too_few_replicas_make_a_write_unavailable(
+    primary_and_replica: tuple[RedisProcess, RedisProcess],
+) -> None:
+    """Asking for two replica acknowledgements with one replica raises Unavailable."""
+    primary, _ = primary_and_replica
+    async with store_on(primary.url, wait_replicas=2, wait_timeout_ms=100) as store:
+        with pytest.raises(Unavailable, match="replicas acknowledged"):
+            await store.submit([make_task()], now_ms=NOW)
+
+
+async def test_a_cluster_waits_on_every_primary_it_wrote_to(cluster: RedisCluster) -> None:
+    """In a cluster each primary gets its own WAIT: with no replicas, a write is Unavailable."""
+    async with store_on(cluster.url, wait_replicas=1, wait_timeout_ms=100) as store:
+        with pytest.raises(Unavailable, match="replicas acknowledged"):
+            await store.submit([make_task() for _ in range(20)], now_ms=NOW)
+    async with store_on(cluster.url) as store:
+        tasks = [make_task() for _ in range(20)]
+        await store.submit(tasks, now_ms=NOW)
+        claimed, _ = await store.claim(Claim("w", "g", limit=20), now_ms=NOW)
+        assert sorted(t.id for t in claimed) == sorted(t.id for t in tasks)
+
+
+async def test_a_sentinel_url_reaches_the_primary(
+    primary_and_replica: tuple[RedisProcess, RedisProcess], tmp_path: Path
+) -> None:
+    """``redis+sentinel://`` finds the primary Sentinel names and the store works on it."""
+    primary, _ = primary_and_replica
+    sentinels = start_sentinels(tmp_path, primary, "elves", count=1, quorum=1)
+    try:
+        url = f"redis+sentinel://127.0.0.1:{sentinels[0].port}/elves"
+        async with store_on(url) as store:
+            task = make_task()
+            await store.submit([task], now_ms=NOW)
+            assert await store.get(task.id) == task
+    finally:
+        for sentinel in sentinels:
+            sentinel.stop()
