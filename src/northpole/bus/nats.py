@@ -1,0 +1,203 @@
+"""The cluster edition's event stream: NATS JetStream.
+
+One stream (:data:`~northpole.bus.subjects.STREAM`) keeps every subject of
+:mod:`northpole.bus.subjects` in file storage. A publish sends each message
+with a ``Nats-Msg-Id`` header and returns once the stream acknowledged all of
+them; the stream's de-duplication window (default 2 minutes) drops a message
+whose id it has seen, which is what makes the outbox relay's retries safe.
+Publishes are pipelined: a batch goes out without waiting for each
+acknowledgement, and the acknowledgements are gathered at the end.
+
+Durable consumers are JetStream pull consumers with explicit acks, filtered
+by subject; an unacknowledged message comes back after ``ack_wait_s``.
+
+NATS errors never leave this module bare: they become
+:class:`~northpole.core.errors.Unavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from northpole.bus.stream import Delivery, Message
+from northpole.bus.subjects import STREAM, STREAM_SUBJECTS
+from northpole.core.errors import InvalidInput, Unavailable
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+class JetStreamConsumer:
+    """A durable pull consumer."""
+
+    def __init__(self, subscription: JetStreamContext.PullSubscription) -> None:
+        self._subscription = subscription
+
+    async def fetch(self, limit: int, *, timeout_s: float) -> list[Delivery]:
+        """Return up to ``limit`` deliveries, waiting up to ``timeout_s`` for the first."""
+        if limit < 1:
+            raise InvalidInput("limit must be at least 1", field="limit")
+        try:
+            msgs = await self._subscription.fetch(limit, timeout=max(timeout_s, 0.001))
+        except (TimeoutError, NatsTimeout):
+            return []
+        except NatsError as exc:
+            raise Unavailable(f"NATS fetch failed: {exc}") from exc
+        return [_delivery(msg) for msg in msgs]
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge each delivery (the server then forgets it for this consumer)."""
+        try:
+            for delivery in deliveries:
+                msg = delivery.token
+                if not isinstance(msg, Msg):
+                    raise InvalidInput("not a delivery of this stream", field="deliveries")
+                await msg.ack()
+        except NatsError as exc:
+            raise Unavailable(f"NATS ack failed: {exc}") from exc
+
+
+def _delivery(msg: Msg) -> Delivery:
+    meta = msg.metadata
+    headers = msg.headers or {}
+    message = Message(msg.subject, msg.data, headers.get(MSG_ID_HEADER, ""))
+    return Delivery(message, meta.sequence.stream, meta.num_delivered, msg)
+
+
+class JetStreamStream:
+    """An :class:`~northpole.bus.stream.EventStream` on NATS JetStream.
+
+    Args:
+        url: NATS server URL(s), comma-separated.
+        stream: The stream's name.
+        subjects: The subjects it captures.
+        duplicate_window_s: How long a ``msg_id`` is remembered.
+        replicas: Copies of the stream in a NATS cluster (1 on a single server).
+        publish_timeout_s: Longest wait for a batch's acknowledgements.
+        max_pending: Most unacknowledged publishes in flight.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        stream: str = STREAM,
+        subjects: Sequence[str] = STREAM_SUBJECTS,
+        duplicate_window_s: float = 120.0,
+        replicas: int = 1,
+        publish_timeout_s: float = 10.0,
+        max_pending: int = 4_000,
+    ) -> None:
+        self.url = url
+        self.stream = stream
+        self.subjects = tuple(subjects)
+        self.duplicate_window_s = duplicate_window_s
+        self.replicas = replicas
+        self.publish_timeout_s = publish_timeout_s
+        self.max_pending = max_pending
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+
+    async def open(self) -> JetStreamStream:
+        """Connect and create (or update) the stream."""
+        try:
+            self._nc = await nats.connect(
+                servers=self.url.split(","),
+                connect_timeout=5,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                allow_reconnect=True,
+            )
+            self._js = self._nc.jetstream(publish_async_max_pending=self.max_pending)
+            config = StreamConfig(
+                name=self.stream,
+                subjects=list(self.subjects),
+                storage=StorageType.FILE,
+                duplicate_window=self.duplicate_window_s,
+                num_replicas=self.replicas,
+            )
+            try:
+                await self._js.stream_info(self.stream)
+            except NotFoundError:
+                await self._js.add_stream(config)
+            else:
+                await self._js.update_stream(config)
+        except (NatsError, OSError) as exc:
+            await self.close()
+            raise Unavailable(f"NATS at {self.url}: {exc}") from exc
+        return self
+
+    @property
+    def _jetstream(self) -> JetStreamContext:
+        if self._js is None:
+            raise Unavailable("the NATS stream is not open")
+        return self._js
+
+    async def publish(self, messages: Sequence[Message]) -> int:
+        """Store ``messages``; return how many were new. Raise Unavailable unless all landed."""
+        js = self._jetstream
+        try:
+            futures: list[asyncio.Future[Any]] = [
+                await js.publish_async(
+                    m.subject, m.data, stream=self.stream, headers={MSG_ID_HEADER: m.msg_id}
+                )
+                for m in messages
+            ]
+            async with asyncio.timeout(self.publish_timeout_s):
+                acks = await asyncio.gather(*futures)
+        except (NatsError, OSError, TimeoutError) as exc:
+            raise Unavailable(f"NATS publish not confirmed: {exc or type(exc).__name__}") from exc
+        return sum(1 for ack in acks if not ack.duplicate)
+
+    async def consumer(
+        self, durable: str, *, subjects: Sequence[str], ack_wait_s: float = 30.0
+    ) -> JetStreamConsumer:
+        """Return the durable pull consumer ``durable`` of ``subjects`` (created on first use)."""
+        if not durable:
+            raise InvalidInput("a durable consumer needs a name", field="durable")
+        js = self._jetstream
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ack_wait_s,
+            filter_subjects=list(subjects),
+        )
+        try:
+            try:
+                await js.consumer_info(self.stream, durable)
+            except NotFoundError:
+                await js.add_consumer(self.stream, config)
+            subscription = await js.pull_subscribe_bind(durable, self.stream)
+        except NatsError as exc:
+            raise Unavailable(f"NATS consumer {durable}: {exc}") from exc
+        return JetStreamConsumer(subscription)
+
+    async def close(self) -> None:
+        """Flush what is buffered (acks) and close the connection.
+
+        Publishes already waited for their acknowledgements, so nothing of
+        value is in flight; ``drain`` would wait out pending pull requests.
+        """
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is not None and not nc.is_closed:
+            try:
+                await nc.flush(timeout=2)
+            except (NatsError, TimeoutError):
+                pass  # closing anyway; unflushed acks are redelivered later
+            await nc.close()
+
+    async def __aenter__(self) -> JetStreamStream:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
