@@ -1,0 +1,102 @@
+"""Forward events from the in-process bus to the event stream.
+
+Parts publish Python objects on the :class:`~northpole.bus.port.EventBus` as
+things happen; a :class:`StreamForwarder` encodes those of some subjects and
+publishes them to an :class:`~northpole.bus.stream.EventStream` in batches,
+retrying while the stream is unreachable. It is for events whose change is
+not in a database transaction of ours (the task queue's transitions, which
+live in SQLite or Redis): the de-duplication ids make its retries safe, but an
+event still in its buffer when the process dies is not sent. Changes that must
+never lose their event use the transactional outbox (:mod:`northpole.bus.outbox`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Mapping
+
+from northpole.bus.port import EventBus, Subscription
+from northpole.bus.stream import EventStream, Message
+from northpole.core.errors import Unavailable
+from northpole.core.logging import get_logger
+
+_log = get_logger(__name__)
+
+Encoder = Callable[[object], Message | None]
+
+
+class StreamForwarder:
+    """Encodes bus events and publishes them to the stream.
+
+    Args:
+        bus: Where events come from.
+        stream: Where they go.
+        encoders: Subject -> encoder (``None`` from an encoder skips the event).
+        batch: Most events per publish.
+        capacity: Events buffered per subject; beyond that the oldest are dropped
+            (counted in :attr:`dropped` via the subscription).
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        stream: EventStream,
+        encoders: Mapping[str, Encoder],
+        *,
+        batch: int = 1_000,
+        capacity: int = 100_000,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.stream = stream
+        self.batch = batch
+        self.max_backoff_s = max_backoff_s
+        self.forwarded = 0
+        self._encoders = dict(encoders)
+        self._subscriptions = [bus.subscribe(subject, capacity=capacity) for subject in encoders]
+        self._rng = random.Random()  # noqa: S311 - jitter, not secrets
+
+    @property
+    def dropped(self) -> int:
+        """Events lost because the stream stayed unreachable while the buffer filled."""
+        return sum(s.dropped for s in self._subscriptions)
+
+    def close(self) -> None:
+        """Stop receiving bus events."""
+        for subscription in self._subscriptions:
+            subscription.close()
+
+    async def run(self) -> None:
+        """Forward until cancelled."""
+        readers = [asyncio.create_task(self._forward(s)) for s in self._subscriptions]
+        try:
+            await asyncio.gather(*readers)
+        finally:
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+
+    async def _forward(self, subscription: Subscription) -> None:
+        encode = self._encoders[subscription.pattern]
+        while True:
+            _, event = await subscription.get()
+            messages = [m for m in (encode(event),) if m is not None]
+            while len(messages) < self.batch and subscription.pending():
+                _, more = await subscription.get()
+                if (message := encode(more)) is not None:
+                    messages.append(message)
+            await self._publish(messages)
+
+    async def _publish(self, messages: list[Message]) -> None:
+        failures = 0
+        while messages:
+            try:
+                await self.stream.publish(messages)
+            except Unavailable as exc:
+                failures += 1
+                delay = min(self.max_backoff_s, 0.1 * 2**failures) * self._rng.uniform(0.5, 1)
+                _log.warning("event forward failed; retrying", error=str(exc), in_s=round(delay, 3))
+                await asyncio.sleep(delay)
+                continue
+            self.forwarded += len(messages)
+            return
