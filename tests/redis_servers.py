@@ -109,15 +109,18 @@ class RedisProcess:
                 self.kill()
 
 
-def _spawn(directory: Path, args: Sequence[str], *, sentinel: bool = False) -> RedisProcess:
+def _spawn(
+    directory: Path, args: Sequence[str], *, sentinel: bool = False, port: int | None = None
+) -> RedisProcess:
     """Start a server with ``args`` on a free port; retry if the port was taken meanwhile.
 
     A cluster node also listens on its port + 10000 (the cluster bus), so its port
     stays below 55536 with that one free too.
     """
     directory.mkdir(parents=True, exist_ok=True)
+    fixed = port
     for _ in range(5):
-        port = free_port(below=55_536 if "--cluster-enabled" in args else 65_536)
+        port = fixed or free_port(below=55_536 if "--cluster-enabled" in args else 65_536)
         argv = [REDIS_SERVER]
         if sentinel:
             conf = directory / "sentinel.conf"
@@ -147,7 +150,7 @@ def _spawn(directory: Path, args: Sequence[str], *, sentinel: bool = False) -> R
         if _wait_ping(server):
             return server
         server.kill()
-        if "Address already in use" not in server.log():
+        if fixed is not None or "Address already in use" not in server.log():
             raise RuntimeError(f"redis-server did not start: {server.log()[-2000:]}")
     raise RuntimeError("no free port for redis-server after 5 tries")
 
@@ -171,6 +174,11 @@ def _wait_ping(server: RedisProcess) -> bool:
 def start_redis(directory: Path, *args: str) -> RedisProcess:
     """Start one ``redis-server`` with extra ``args`` (e.g. ``--appendonly yes``)."""
     return _spawn(directory, args)
+
+
+def restart(server: RedisProcess) -> RedisProcess:
+    """Start ``server`` again (after a stop or a kill) on its port, directory and arguments."""
+    return _spawn(server.directory, server.args, port=server.port)
 
 
 def start_replica(directory: Path, primary: RedisProcess, *args: str) -> RedisProcess:
