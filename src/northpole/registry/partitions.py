@@ -231,6 +231,11 @@ class PartitionManager:
         self._conn = conn
         self.archive_dir = archive_dir
 
+    @property
+    def connection(self) -> Any:
+        """The asyncpg connection it works on."""
+        return self._conn
+
     async def attached(self) -> list[Month]:
         """The months that have a partition attached to ``gifts``."""
         rows = await self._conn.fetch(

@@ -54,7 +54,7 @@ from northpole.registry.model import (
     StatusChange,
     created_ms_of,
 )
-from northpole.registry.partitions import Month, PartitionManager
+from northpole.registry.partitions import Archived, Month, PartitionManager
 from northpole.registry.postgres_driver import (
     DRIVER_ERRORS,
     connect,
@@ -66,6 +66,8 @@ from northpole.registry.postgres_outbox import PostgresOutbox
 from northpole.registry.settings import LifecycleTaskTypes
 from northpole.registry.sqlite_repository import page_of
 
+#: ``pg_try_advisory_lock`` key of partition upkeep (``b"giftpart"``).
+UPKEEP_LOCK_KEY = int.from_bytes(b"giftpart", "big", signed=True)
 #: Batches of at least this many gifts are written with COPY.
 COPY_THRESHOLD = 64
 
@@ -236,6 +238,26 @@ class PostgresGiftRepository:
             raise ConfigurationError("the registry has no archive directory")
         async with self.raw() as conn:
             yield PartitionManager(conn, archive_dir=self.archive_dir)
+
+    async def upkeep(
+        self, now_ms: int, *, ahead: int, retention_months: int
+    ) -> tuple[list[Month], list[Archived]]:
+        """Create partitions ahead and archive old ones (see :mod:`northpole.registry.partitions`).
+
+        Runs in one process at a time (a session advisory lock, :data:`UPKEEP_LOCK_KEY`);
+        the others return ``([], [])`` at once.
+        """
+        with _translated("gift registry partition upkeep"):
+            async with self.partitions() as manager:
+                conn = manager.connection
+                if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", UPKEEP_LOCK_KEY):
+                    return [], []
+                try:
+                    return await manager.upkeep(
+                        now_ms, ahead=ahead, retention_months=retention_months
+                    )
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", UPKEEP_LOCK_KEY)
 
     def _created_at(self, gift_id: int) -> Any:
         return schema.to_timestamp(created_ms_of(gift_id, epoch_ms=self.epoch_ms))
