@@ -15,12 +15,14 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from northpole.bus.port import EventBus, InProcessBus
+from northpole.coord.part import CoordPart, workshop_allocator
 from northpole.core.app import Part, create_app
 from northpole.core.auth import TokenService, load_secret
 from northpole.core.clock import Clock, SystemClock
 from northpole.core.errors import ConfigurationError
 from northpole.core.metrics import new_registry
 from northpole.core.settings import Settings
+from northpole.exchange.service import exchange_service
 from northpole.idgen.service import IdGenService
 from northpole.tasks.retry import RetryPolicy
 from northpole.tasks.service import TaskService
@@ -46,7 +48,29 @@ PartFactory = Callable[[Context], Part]
 
 def _idgen(ctx: Context) -> Part:
     return IdGenService(
-        ctx.settings.idgen, data_dir=ctx.settings.data_dir, registry=ctx.registry, clock=ctx.clock
+        ctx.settings.idgen,
+        data_dir=ctx.settings.data_dir,
+        registry=ctx.registry,
+        clock=ctx.clock,
+        allocator=workshop_allocator(ctx.settings.coord, ctx.registry),
+    )
+
+
+def _ids(ctx: Context, who: str) -> IdGenService:
+    idgen = ctx.built.get("idgen")
+    if not isinstance(idgen, IdGenService):
+        raise ConfigurationError(f"the {who} needs the idgen part for its ids")
+    return idgen
+
+
+def _exchange(ctx: Context) -> Part:
+    return exchange_service(
+        ctx.settings.exchange,
+        data_dir=ctx.settings.ensure_data_dir(),
+        registry=ctx.registry,
+        clock=ctx.clock,
+        bus=ctx.bus,
+        ids=_ids(ctx, "exchange service").generate_list,
     )
 
 
@@ -59,12 +83,7 @@ def task_service(ctx: Context, *, with_ids: bool = True) -> TaskService:
             accept submits; a worker process that only claims can do without).
     """
     settings = ctx.settings
-    ids = None
-    if with_ids:
-        idgen = ctx.built.get("idgen")
-        if not isinstance(idgen, IdGenService):
-            raise ConfigurationError("the task queue needs the idgen part for task ids")
-        ids = idgen.generate_list
+    ids = _ids(ctx, "task queue").generate_list if with_ids else None
     tasks = settings.tasks
     policy = RetryPolicy(
         base_ms=tasks.retry_base_ms, factor=tasks.retry_factor, max_ms=tasks.retry_max_ms
@@ -107,7 +126,7 @@ def build_task_service(
 
 
 #: Every part, in start-up order. ``northpole up`` runs all of them.
-PARTS: dict[str, PartFactory] = {"idgen": _idgen, "tasks": task_service}
+PARTS: dict[str, PartFactory] = {"idgen": _idgen, "tasks": task_service, "exchange": _exchange}
 
 
 def build_app(
@@ -139,6 +158,13 @@ def build_app(
     for name in PARTS:  # build in dependency order, whatever order was asked for
         if name in names:
             ctx.built[name] = PARTS[name](ctx)
+    if settings.coord.enabled:  # cluster edition: every part registers in discovery
+        ctx.built["coord"] = CoordPart(
+            settings.coord,
+            parts=list(ctx.built.values()),
+            address=f"http://{settings.http.host}:{settings.http.port}",
+            registry=ctx.registry,
+        )
     tokens = TokenService(load_secret(settings), settings.auth, clock=ctx.clock)
     return create_app(
         settings,

@@ -13,7 +13,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from northpole.cli import id_commands, serve_commands, token_commands, worker_commands
+from northpole.cli import (
+    exchange_commands,
+    id_commands,
+    keys_commands,
+    serve_commands,
+    services_commands,
+    token_commands,
+    worker_commands,
+)
 from northpole.core.errors import NorthpoleError
 from northpole.core.logging import configure_logging
 
@@ -31,6 +39,9 @@ idgen_app.command("serve")(serve_commands.idgen_serve)
 app.add_typer(idgen_app, name="idgen")
 app.add_typer(id_commands.app, name="id")
 app.add_typer(token_commands.app, name="token")
+app.add_typer(exchange_commands.app, name="exchange")
+app.add_typer(keys_commands.app, name="keys")
+app.command("services")(services_commands.services)
 
 
 @app.command("version")

@@ -57,7 +57,12 @@ async def _northpole_error(_: Request, exc: Exception) -> Response:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     if exc.status_code >= 500:
         _log.error("request failed", code=exc.code, error=exc.message)
-    return error_response(exc.status_code, exc.code, exc.message, exc.field, headers or None)
+    return Response(
+        orjson.dumps(exc.to_body()),
+        status_code=exc.status_code,
+        media_type="application/json",
+        headers=headers or None,
+    )
 
 
 async def _validation_error(_: Request, exc: Exception) -> Response:

@@ -3,6 +3,10 @@
 Nested groups use a double underscore: ``NORTHPOLE_IDGEN__WORKSHOP_ID=7``.
 Nothing in northpole builds :class:`Settings` at import time; the CLI builds it
 once and passes it down.
+
+The groups of the exchange service and of etcd coordination are defined next
+to their code (``exchange/settings.py``, ``coord/settings.py``): leaf modules
+holding nothing but pydantic models, which is all this module imports of them.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from northpole.coord.settings import CoordSettings
+from northpole.exchange.settings import ExchangeSettings
 
 #: 2025-01-01T00:00:00Z in Unix milliseconds: the default Gift ID epoch.
 DEFAULT_EPOCH_MS = 1_735_689_600_000
@@ -91,6 +98,8 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     idgen: IdGenSettings = IdGenSettings()
     tasks: TaskSettings = TaskSettings()
+    exchange: ExchangeSettings = ExchangeSettings()
+    coord: CoordSettings = CoordSettings()
 
     def ensure_data_dir(self) -> Path:
         """Create the data directory (mode 0700) if missing and return it."""

@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from northpole.core.app import json_response
 from northpole.core.auth import Principal, Role, require_roles
-from northpole.core.errors import InvalidInput, NorthpoleError
+from northpole.core.errors import InvalidInput
 from northpole.core.validation import load_json, parse_body, validate
 from northpole.exchange import keys
 from northpole.exchange.crypto import PAYLOAD_VERSION
@@ -249,13 +249,8 @@ def build_router(service: ExchangeService) -> APIRouter:  # noqa: C901 - one clo
 
     @router.post("/exchanges/{id}/match", summary="Match and commit (sealed)")
     async def match(exchange_id: ExchangeIdPath, principal: Organizer) -> Response:
-        try:
-            record = await service.match(exchange_id, principal)
-        except NorthpoleError as exc:
-            if exc.details is None:
-                raise
-            # The explanation of an infeasible exchange travels as error.details.
-            return json_response(exc.to_body(), exc.status_code)
+        # An infeasible exchange's explanation travels as error.details.
+        record = await service.match(exchange_id, principal)
         return json_response(exchange_json(record))
 
     @router.get("/exchanges/{id}/matches/{pid}", summary="Read one's own sealed match")
