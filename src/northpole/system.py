@@ -24,6 +24,7 @@ from northpole.core.metrics import new_registry
 from northpole.core.settings import Settings
 from northpole.exchange.service import exchange_service
 from northpole.idgen.service import IdGenService
+from northpole.tasks.redis_store import RedisTaskStore
 from northpole.tasks.retry import RetryPolicy
 from northpole.tasks.service import TaskService
 from northpole.tasks.sqlite_store import SqliteTaskStore
@@ -90,6 +91,16 @@ def task_service(ctx: Context, *, with_ids: bool = True) -> TaskService:
     )
 
     async def open_store() -> TaskStore:
+        if tasks.redis_url:  # cluster edition
+            redis = RedisTaskStore(
+                tasks.redis_url,
+                partitions=tasks.partitions,
+                aging_ms=tasks.aging_ms,
+                policy=policy,
+                wait_replicas=tasks.redis_wait_replicas,
+                wait_timeout_ms=tasks.redis_wait_timeout_ms,
+            )
+            return await redis.open()
         store = SqliteTaskStore(
             settings.ensure_data_dir() / TASKS_DB,
             partitions=tasks.partitions,

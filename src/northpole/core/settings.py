@@ -71,6 +71,12 @@ class TaskSettings(BaseModel):
     retry_max_ms: int = Field(default=300_000, ge=0)
     target_drain_s: float = Field(default=60.0, gt=0)
     max_claim_wait_s: float = Field(default=30.0, ge=0, le=300)
+    #: Cluster edition: the Redis store (``redis://``, ``redis+cluster://``,
+    #: ``redis+sentinel://host:port/<service>``); unset: SQLite in the data directory.
+    redis_url: str | None = None
+    #: Replicas that must acknowledge every write (``WAIT``); 0: do not wait.
+    redis_wait_replicas: int = Field(default=0, ge=0, le=16)
+    redis_wait_timeout_ms: int = Field(default=1_000, ge=1, le=60_000)
 
 
 class HttpSettings(BaseModel):

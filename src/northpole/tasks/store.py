@@ -6,8 +6,9 @@ and returns the :class:`~northpole.tasks.model.TaskEvent` of every change it
 made (cascades included), in order, for the caller to publish.
 
 Implementations: :class:`northpole.tasks.sqlite_store.SqliteTaskStore`
-(embedded edition); a Redis store follows. ``tests/contract/`` runs one suite
-against every implementation.
+(embedded edition) and :class:`northpole.tasks.redis_store.RedisTaskStore`
+(cluster edition, chosen by ``tasks.redis_url``). ``tests/contract/`` runs one
+suite against every implementation.
 
 Semantics every implementation keeps:
 
