@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from northpole.bus.forward import Encoder
+from northpole.bus.memory import MemoryStream
+from northpole.bus.part import EventsPart, build_stream
 from northpole.bus.port import EventBus, InProcessBus
+from northpole.bus.stream import EventStream, Message
 from northpole.coord.part import CoordPart, workshop_allocator
 from northpole.core.app import Part, create_app
 from northpole.core.auth import TokenService, load_secret
@@ -22,15 +26,31 @@ from northpole.core.clock import Clock, SystemClock
 from northpole.core.errors import ConfigurationError
 from northpole.core.metrics import new_registry
 from northpole.core.settings import Settings
+from northpole.exchange.events import exchange_event_message
+from northpole.exchange.keys import EXCHANGE_COMMITTED
 from northpole.exchange.service import exchange_service
 from northpole.idgen.service import IdGenService
+from northpole.tasks.events import task_event_message
+from northpole.tasks.model import TaskEvent
 from northpole.tasks.redis_store import RedisTaskStore
 from northpole.tasks.retry import RetryPolicy
 from northpole.tasks.service import TaskService
 from northpole.tasks.sqlite_store import SqliteTaskStore
 from northpole.tasks.store import TaskStore
+from northpole.tasks.subjects import TASK_STATE_CHANGED
 
 TASKS_DB = "tasks.db"
+
+
+def _task_event(event: object) -> Message | None:
+    return task_event_message(event) if isinstance(event, TaskEvent) else None
+
+
+#: Events published on the in-process bus that the events part forwards to the stream.
+FORWARDED: dict[str, Encoder] = {
+    TASK_STATE_CHANGED: _task_event,
+    EXCHANGE_COMMITTED: exchange_event_message,
+}
 
 
 @dataclass(slots=True)
@@ -41,6 +61,7 @@ class Context:
     registry: CollectorRegistry
     clock: Clock
     bus: EventBus
+    stream: EventStream = field(default_factory=MemoryStream)
     built: dict[str, Part] = field(default_factory=dict)
 
 
@@ -165,7 +186,10 @@ def build_app(
         registry=new_registry(),
         clock=clock or SystemClock(),
         bus=bus or InProcessBus(),
+        stream=build_stream(settings.bus),
     )
+    if any(name != "idgen" for name in names):  # parts with events: the stream starts first
+        ctx.built["events"] = EventsPart(ctx.stream, ctx.bus, FORWARDED)
     for name in PARTS:  # build in dependency order, whatever order was asked for
         if name in names:
             ctx.built[name] = PARTS[name](ctx)

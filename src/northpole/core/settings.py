@@ -79,6 +79,21 @@ class TaskSettings(BaseModel):
     redis_wait_timeout_ms: int = Field(default=1_000, ge=1, le=60_000)
 
 
+class BusSettings(BaseModel):
+    """The event stream.
+
+    Attributes:
+        nats_url: NATS server URL(s), comma-separated (cluster edition: JetStream);
+            unset: an in-process stream (embedded edition).
+        stream_replicas: Copies of the stream in a NATS cluster.
+        duplicate_window_s: How long the stream remembers message ids.
+    """
+
+    nats_url: str | None = None
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    duplicate_window_s: float = Field(default=120.0, gt=0, le=86_400)
+
+
 class HttpSettings(BaseModel):
     """The HTTP server."""
 
@@ -105,6 +120,7 @@ class Settings(BaseSettings):
     idgen: IdGenSettings = IdGenSettings()
     tasks: TaskSettings = TaskSettings()
     exchange: ExchangeSettings = ExchangeSettings()
+    bus: BusSettings = BusSettings()
     coord: CoordSettings = CoordSettings()
 
     def ensure_data_dir(self) -> Path:
