@@ -21,6 +21,7 @@ _SCHEME = re.compile(r"^(postgres|postgresql)(\+asyncpg)?://")
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.exceptions._base.InternalClientError,
     SQLAlchemyError,
     OSError,
     TimeoutError,
