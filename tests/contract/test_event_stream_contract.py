@@ -81,6 +81,15 @@ async def test_published_messages_reach_a_consumer_in_order(stream: EventStream)
     assert all(d.attempt == 1 for d in got)
 
 
+async def test_large_payloads_arrive_unchanged(stream: EventStream) -> None:
+    """A payload above the compression threshold reaches the consumer byte for byte."""
+    big = Message("gift.created", bytes(range(256)) * 400 + b"tail", "big-1")
+    assert await stream.publish([big]) == 1
+    consumer = await stream.consumer("big", subjects=["gift.>"])
+    [got] = await consumer.fetch(1, timeout_s=1)
+    assert got.message == big
+
+
 async def test_a_repeated_msg_id_is_stored_once(stream: EventStream) -> None:
     """Publishing a message id again (a relay's retry) adds nothing."""
     sent = messages("gift.created", 3)

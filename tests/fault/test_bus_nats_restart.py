@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nats_servers import NatsServer, free_port
-from northpole.bus.nats import JetStreamStream
+from northpole.bus.nats import ENCODING_HEADER, JetStreamStream
 from northpole.bus.outbox import OutboxRelay, OutboxRow
 from northpole.bus.stream import Message
 
@@ -36,6 +36,27 @@ async def test_acknowledged_publishes_survive_kill_9_of_the_server(tmp_path: Pat
             await consumer.ack(batch)
         await reopened.close()
         assert got == sent
+    finally:
+        server.stop()
+
+
+async def test_large_payloads_are_stored_compressed(tmp_path: Path) -> None:
+    """On NATS a payload above the threshold is stored zstd-compressed and marked so."""
+    server = NatsServer(tmp_path / "nats", free_port())
+    server.start()
+    try:
+        stream = await JetStreamStream(server.url, compress_min_bytes=1_024).open()
+        payload = b"a gift for every child " * 1_000
+        await stream.publish(
+            [Message("gift.created", payload, "big"), Message("gift.created", b"small", "s")]
+        )
+        js = stream._jetstream
+        big = await js.get_msg(stream.stream, 1)
+        small = await js.get_msg(stream.stream, 2)
+        await stream.close()
+        assert big.headers is not None and big.headers[ENCODING_HEADER] == "zstd"
+        assert big.data is not None and len(big.data) < len(payload) // 10
+        assert small.headers is not None and ENCODING_HEADER not in small.headers
     finally:
         server.stop()
 

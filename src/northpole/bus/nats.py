@@ -8,6 +8,9 @@ whose id it has seen, which is what makes the outbox relay's retries safe.
 Publishes are pipelined: a batch goes out without waiting for each
 acknowledgement, and the acknowledgements are gathered at the end.
 
+Payloads of ``compress_min_bytes`` or more travel zstd-compressed, marked by a
+``Northpole-Encoding: zstd`` header; consumers get the original bytes back.
+
 Durable consumers are JetStream pull consumers with explicit acks, filtered
 by subject; an unacknowledged message comes back after ``ack_wait_s``.
 
@@ -22,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import nats
+import zstandard
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -35,6 +39,9 @@ from northpole.bus.subjects import STREAM, STREAM_SUBJECTS
 from northpole.core.errors import InvalidInput, Unavailable
 
 MSG_ID_HEADER = "Nats-Msg-Id"
+ENCODING_HEADER = "Northpole-Encoding"
+ZSTD = "zstd"
+_decompressor = zstandard.ZstdDecompressor()
 
 
 class JetStreamConsumer:
@@ -70,7 +77,10 @@ class JetStreamConsumer:
 def _delivery(msg: Msg) -> Delivery:
     meta = msg.metadata
     headers = msg.headers or {}
-    message = Message(msg.subject, msg.data, headers.get(MSG_ID_HEADER, ""))
+    data = msg.data
+    if headers.get(ENCODING_HEADER) == ZSTD:
+        data = _decompressor.decompress(data)
+    message = Message(msg.subject, data, headers.get(MSG_ID_HEADER, ""))
     return Delivery(message, meta.sequence.stream, meta.num_delivered, msg)
 
 
@@ -85,6 +95,7 @@ class JetStreamStream:
         replicas: Copies of the stream in a NATS cluster (1 on a single server).
         publish_timeout_s: Longest wait for a batch's acknowledgements.
         max_pending: Most unacknowledged publishes in flight.
+        compress_min_bytes: Payloads at least this large are zstd-compressed.
     """
 
     def __init__(
@@ -97,7 +108,10 @@ class JetStreamStream:
         replicas: int = 1,
         publish_timeout_s: float = 10.0,
         max_pending: int = 4_000,
+        compress_min_bytes: int = 1_024,
     ) -> None:
+        self.compress_min_bytes = compress_min_bytes
+        self._compressor = zstandard.ZstdCompressor(level=3)
         self.url = url
         self.stream = stream
         self.subjects = tuple(subjects)
@@ -148,16 +162,22 @@ class JetStreamStream:
         js = self._jetstream
         try:
             futures: list[asyncio.Future[Any]] = [
-                await js.publish_async(
-                    m.subject, m.data, stream=self.stream, headers={MSG_ID_HEADER: m.msg_id}
-                )
+                await js.publish_async(m.subject, data, stream=self.stream, headers=headers)
                 for m in messages
+                for data, headers in (self._encode(m),)
             ]
             async with asyncio.timeout(self.publish_timeout_s):
                 acks = await asyncio.gather(*futures)
         except (NatsError, OSError, TimeoutError) as exc:
             raise Unavailable(f"NATS publish not confirmed: {exc or type(exc).__name__}") from exc
         return sum(1 for ack in acks if not ack.duplicate)
+
+    def _encode(self, message: Message) -> tuple[bytes, dict[str, str]]:
+        headers = {MSG_ID_HEADER: message.msg_id}
+        if len(message.data) < self.compress_min_bytes:
+            return message.data, headers
+        headers[ENCODING_HEADER] = ZSTD
+        return self._compressor.compress(message.data), headers
 
     async def consumer(
         self, durable: str, *, subjects: Sequence[str], ack_wait_s: float = 30.0

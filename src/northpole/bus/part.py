@@ -32,6 +32,7 @@ def build_stream(settings: BusSettings) -> EventStream:
         return JetStreamStream(
             settings.nats_url,
             duplicate_window_s=settings.duplicate_window_s,
+            compress_min_bytes=settings.compress_min_bytes,
             replicas=settings.stream_replicas,
         )
     return MemoryStream()

@@ -21,6 +21,7 @@ from typing import Protocol
 import orjson
 from fastapi import APIRouter, FastAPI
 from prometheus_client import CollectorRegistry
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import Response
 
 import northpole
@@ -114,6 +115,8 @@ def create_app(
         metrics=HttpMetrics.register(registry),
         max_body_bytes=settings.http.max_body_bytes,
     )
+    # Outermost: compress what the routes (and the error handler) answer.
+    app.add_middleware(GZipMiddleware, minimum_size=settings.http.gzip_min_bytes)
     app.include_router(_ops_router(parts, registry))
     for part in parts:
         app.include_router(part.router())

@@ -87,11 +87,13 @@ class BusSettings(BaseModel):
             unset: an in-process stream (embedded edition).
         stream_replicas: Copies of the stream in a NATS cluster.
         duplicate_window_s: How long the stream remembers message ids.
+        compress_min_bytes: Payloads at least this large travel zstd-compressed.
     """
 
     nats_url: str | None = None
     stream_replicas: int = Field(default=1, ge=1, le=5)
     duplicate_window_s: float = Field(default=120.0, gt=0, le=86_400)
+    compress_min_bytes: int = Field(default=1_024, ge=1)
 
 
 class HttpSettings(BaseModel):
@@ -100,6 +102,8 @@ class HttpSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=8_388_608, ge=1024)
+    #: Responses at least this large are gzipped for clients that accept gzip.
+    gzip_min_bytes: int = Field(default=1_024, ge=0)
     shutdown_timeout_s: float = Field(default=10.0, ge=0)
 
 

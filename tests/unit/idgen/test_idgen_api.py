@@ -625,3 +625,19 @@ def test_restart_inside_reservation_waits_at_startup(tmp_path: Path) -> None:
         assert app_b.get("/readyz").status_code == 200
         new = [int(x) for x in _generate_with(app_b, settings, clock_b, 3).json()["ids"]]
         assert min(new) > max(old)
+
+
+def test_large_answers_are_gzipped_for_clients_that_accept_it(api: Api) -> None:
+    """A 4,096-ID answer travels gzipped when asked; a tiny one and a plain client get none."""
+    big = api.client.post(
+        GENERATE, json={"count": 4096}, headers={**api.auth(), "Accept-Encoding": "gzip"}
+    )
+    assert big.status_code == 200
+    assert big.headers["content-encoding"] == "gzip"
+    assert len(big.json()["ids"]) == 4096  # the client undid the compression
+    small = api.client.post(GENERATE, headers={**api.auth(), "Accept-Encoding": "gzip"})
+    assert "content-encoding" not in small.headers
+    plain = api.client.post(
+        GENERATE, json={"count": 4096}, headers={**api.auth(), "Accept-Encoding": "identity"}
+    )
+    assert "content-encoding" not in plain.headers
