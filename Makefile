@@ -43,6 +43,7 @@ bench: install
 	@bash scripts/ensure-debs.sh $(BENCH_DEBS)
 	$(BIN)/python bench/idgen.py
 	$(BIN)/python bench/queue.py
+	$(BIN)/python bench/bus.py
 
 format: install
 	$(BIN)/ruff check --fix src tests bench
