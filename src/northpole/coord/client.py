@@ -94,6 +94,11 @@ class Compare:
         """True when ``key`` is attached to ``lease_id``."""
         return cls(key, "lease", lease_id)
 
+    @classmethod
+    def modified_at(cls, key: bytes, revision: int) -> Compare:
+        """True when ``key`` was last changed at ``revision`` (0: the key is absent)."""
+        return cls(key, "mod", revision)
+
     def message(self) -> Any:
         """Return the gRPC message."""
         if self.target == "create":
@@ -102,6 +107,13 @@ class Compare:
                 result=rpc.Compare.EQUAL,
                 target=rpc.Compare.CREATE,
                 create_revision=self.value,
+            )
+        if self.target == "mod":
+            return rpc.Compare(
+                key=self.key,
+                result=rpc.Compare.EQUAL,
+                target=rpc.Compare.MOD,
+                mod_revision=self.value,
             )
         return rpc.Compare(
             key=self.key, result=rpc.Compare.EQUAL, target=rpc.Compare.LEASE, lease=self.value
@@ -136,13 +148,14 @@ class Delete:
 
 @dataclass(frozen=True, slots=True)
 class Get:
-    """Read ``key`` (its value comes back in :attr:`TxnResult.ranges`)."""
+    """Read ``key`` (its value comes back in :attr:`TxnResult.ranges`), at ``revision`` (0: now)."""
 
     key: bytes
+    revision: int = 0
 
     def message(self) -> Any:
         """Return the gRPC request op."""
-        return rpc.RequestOp(request_range=rpc.RangeRequest(key=self.key))
+        return rpc.RequestOp(request_range=rpc.RangeRequest(key=self.key, revision=self.revision))
 
 
 Op = Put | Delete | Get
@@ -281,6 +294,30 @@ class EtcdClient:
         """Return every key starting with ``prefix``, in key order, and the revision read."""
         self._stubs()
         request = rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix), keys_only=keys_only)
+        response = await self._unary("range", self._kv.Range, request)
+        return RangeResult([_kv(kv) for kv in response.kvs], int(response.header.revision))
+
+    async def range(
+        self,
+        key: bytes,
+        range_end: bytes | None = None,
+        *,
+        revision: int = 0,
+        limit: int = 0,
+    ) -> RangeResult:
+        """Return the keys in ``[key, range_end)`` (``None``: ``key`` alone), in key order.
+
+        Args:
+            key: The first key.
+            range_end: The end of the range (exclusive); ``b"\\0"`` with ``key=b"\\0"``
+                is every key.
+            revision: Read at this store revision (0: the latest).
+            limit: At most this many keys (0: all).
+        """
+        self._stubs()
+        request = rpc.RangeRequest(
+            key=key, range_end=range_end or b"", revision=revision, limit=limit
+        )
         response = await self._unary("range", self._kv.Range, request)
         return RangeResult([_kv(kv) for kv in response.kvs], int(response.header.revision))
 
