@@ -48,6 +48,7 @@ EDGE_LIMIT = 80_000_000
 SAMPLE_K = 48
 
 _BLOCK = 1024
+_CHUNK_EDGES = 4_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +291,7 @@ def _wish_costs(local: Local, rules: Rules) -> tuple[IntArray, IntArray, IntArra
     keep = _keep(local, rules, g, r)
     g, r, rank = g[keep], r[keep], local.wish_rank[keep]
     same = local.region[g] == local.region[r]
-    pen = np.fromiter((region_penalty(rules, bool(s)) for s in same), np.int64, same.size)
+    pen = np.where(same, region_penalty(rules, True), region_penalty(rules, False))
     return g, r, rank - 1 + pen
 
 
@@ -302,12 +303,25 @@ def _row_floor(local: Local, rules: Rules, w: int) -> IntArray:
     return floor
 
 
-def _apply_wishes(graph_codes: IntArray, cost: IntArray, local: Local, rules: Rules) -> None:
-    """Overwrite the cost of wished edges present in the sorted ``graph_codes``."""
-    g, r, wc = _wish_costs(local, rules)
+def _apply_wishes(
+    graph_codes: IntArray,
+    cost: IntArray,
+    wishes: tuple[IntArray, IntArray, IntArray],
+    n: int,
+    rows: tuple[int, int] | None = None,
+) -> None:
+    """Overwrite the cost of wished edges present in the sorted ``graph_codes``.
+
+    ``wishes`` is ``(giver, receiver, cost)`` sorted by giver; ``rows`` limits
+    them to givers ``[start, stop)`` (the givers ``graph_codes`` covers).
+    """
+    g, r, wc = wishes
+    if rows is not None:
+        a, b = np.searchsorted(g, rows[0]), np.searchsorted(g, rows[1])
+        g, r, wc = g[a:b], r[a:b], wc[a:b]
     if not g.size or not graph_codes.size:
         return
-    codes = g * local.n + r
+    codes = g * n + r
     pos = np.searchsorted(graph_codes, codes)
     pos[pos >= graph_codes.size] = 0
     hit = graph_codes[pos] == codes
@@ -347,14 +361,33 @@ def _dense(local: Local, rules: Rules, w: int) -> Graph:
     )
 
 
-def _from_pairs(local: Local, rules: Rules, rows: IntArray, cols: IntArray, w: int) -> Graph:
-    """Build a CSR graph from candidate pairs sorted by ``(row, col)``, dropping bad ones."""
+def _kept_pairs(
+    local: Local,
+    rules: Rules,
+    pairs: tuple[IntArray, IntArray],
+    w: int,
+    wishes: tuple[IntArray, IntArray, IntArray],
+    span: tuple[int, int] | None = None,
+) -> tuple[IntArray, IntArray, IntArray]:
+    """Drop the pairs that are not allowed; return ``(rows, cols, cost)`` of the rest."""
+    rows, cols = pairs
     keep = _keep(local, rules, rows, cols)
     rows, cols = rows[keep], cols[keep]
     cost = _base_cost(local, rules, rows, cols, w)
-    _apply_wishes(rows * local.n + cols, cost, local, rules)
+    _apply_wishes(rows * local.n + cols, cost, wishes, local.n, span)
+    return rows, cols, cost
+
+
+def _csr_graph(
+    local: Local, rules: Rules, w: int, parts: list[tuple[IntArray, IntArray, IntArray]]
+) -> Graph:
+    """Assemble CSR arrays from row-sorted pieces ``(rows, cols, cost)``."""
+    rows = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, dtype=np.int64)
     counts = np.bincount(rows, minlength=local.n)
+    del rows
     indptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    cols = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, dtype=np.int64)
+    cost = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, dtype=np.int64)
     return Graph(
         local,
         "sparse",
@@ -364,6 +397,28 @@ def _from_pairs(local: Local, rules: Rules, rows: IntArray, cols: IntArray, w: i
         indices=cols,
         cost=cost,
     )
+
+
+def _from_pairs(local: Local, rules: Rules, rows: IntArray, cols: IntArray, w: int) -> Graph:
+    """Build a CSR graph from candidate pairs sorted by ``(row, col)``, dropping bad ones."""
+    wishes = _wish_costs(local, rules)
+    return _csr_graph(local, rules, w, [_kept_pairs(local, rules, (rows, cols), w, wishes)])
+
+
+def _sparse_full(local: Local, rules: Rules, w: int, lo: IntArray, hi: IntArray) -> Graph:
+    """Enumerate every in-range pair, a slice of givers at a time (bounded temporaries)."""
+    ends = np.cumsum(hi - lo)
+    wishes = _wish_costs(local, rules)
+    parts = []
+    start = 0
+    while start < local.n:
+        base = int(ends[start - 1]) if start else 0
+        stop = max(start + 1, int(np.searchsorted(ends, base + _CHUNK_EDGES, side="right")))
+        stop = min(stop, local.n)
+        rows, cols = _enumerate(lo[start:stop], hi[start:stop])
+        parts.append(_kept_pairs(local, rules, (rows + start, cols), w, wishes, (start, stop)))
+        start = stop
+    return _csr_graph(local, rules, w, parts)
 
 
 def _enumerate(lo: IntArray, hi: IntArray) -> tuple[IntArray, IntArray]:
@@ -420,5 +475,4 @@ def build_graph(
         return _dense(local, rules, w)
     if shape == "sampled":
         return _sampled(local, rules, w, lo, hi, seed)
-    rows, cols = _enumerate(lo, hi)
-    return _from_pairs(local, rules, rows, cols, w)
+    return _sparse_full(local, rules, w, lo, hi)

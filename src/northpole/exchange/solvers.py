@@ -5,16 +5,21 @@ Two solvers, chosen by the graph's shape:
 * dense: :func:`scipy.optimize.linear_sum_assignment` (shortest augmenting
   paths, ``O(n^3)``) on the cost matrix, ``inf`` where a gift is not allowed;
 * sparse: :func:`scipy.sparse.csgraph.min_weight_full_bipartite_matching`
-  (LAPJVsp) on the CSR graph.
+  (LAPJVsp) on the CSR graph; above :data:`BLOCK` people, in blocks of
+  consecutive labels (budget order), which keeps its augmenting paths short
+  but gives up the proof of optimality.
 
-Ties: people are already labelled in a random order (see
-:mod:`northpole.exchange.candidates`), and each cost may also be scaled by a big
-integer ``S`` and given a random tie-breaker in ``[0, R)`` with ``n * R <= S``.
-The tie-breakers of a whole matching add up to less than ``S``, so a matching
-that is cheaper on the real costs stays cheaper: the optimum is unchanged,
-only which of the equally good matchings comes out is random. Every scaled
-value stays an integer below ``2**52`` (sums included), so the floating-point
-solvers compute with them exactly.
+Ties: people are always labelled in a secret random order (see
+:mod:`northpole.exchange.candidates`), so which of several equally good
+matchings the solver reaches depends on randomness the organizer cannot see.
+Dense shards of up to :data:`PERTURB_DENSE_MAX` people also get random
+tie-breakers: each cost is scaled by a big integer ``S = n * R`` and given a
+random extra in ``[0, R)``. The extras of a whole matching add up to less than
+``S``, so a matching that is cheaper on the real costs stays cheaper: the
+optimum is unchanged, only which optimal matching wins is random. Every scaled
+value and sum stays an integer below ``2**52``, so the floating-point solvers
+compute with them exactly. (They are not used above that size because they
+make the solvers many times slower: ties keep augmenting paths short.)
 """
 
 from __future__ import annotations
@@ -40,14 +45,21 @@ _MAX_R = 1 << 20
 #: Largest dense shard that also gets random tie-breakers (they slow the solver
 #: down, because ties make its augmenting paths short).
 PERTURB_DENSE_MAX = 2_000
+#: Sparse shards above this size are solved in blocks of this many labels.
+BLOCK = 50_000
 
 
 @dataclass(frozen=True, slots=True)
 class Assignment:
-    """A minimum-cost assignment: ``succ[g]`` is giver ``g``'s receiver."""
+    """An assignment: ``succ[g]`` is giver ``g``'s receiver.
+
+    ``exact`` is False when it was solved in blocks, so ``cost`` is then an
+    upper bound, not the relaxation's minimum.
+    """
 
     succ: IntArray
     cost: int
+    exact: bool = True
 
 
 def tie_range(n: int, max_cost: int) -> int:
@@ -94,8 +106,74 @@ def solve_dense(
     return Assignment(succ, int(cost[rows, cols].sum()))
 
 
-def solve_sparse(graph: Graph, rng: random.Random, *, perturb: bool = True) -> Assignment | None:
-    """Solve on the CSR graph; ``None`` when it has no perfect matching."""
+def _full_matching(
+    indptr: IntArray, indices: IntArray, weights: FloatArray, n: int
+) -> IntArray | None:
+    """Run LAPJVsp on one CSR problem; ``None`` when it has no perfect matching."""
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    if indices.size == 0:
+        return None
+    matrix = csr_matrix((weights, indices, indptr), shape=(n, n))
+    try:
+        _, cols = min_weight_full_bipartite_matching(matrix)
+    except ValueError:  # "no full matching exists"
+        return None
+    return np.asarray(cols, dtype=np.int64)
+
+
+def _block(
+    indptr: IntArray, indices: IntArray, weights: FloatArray, lo: int, hi: int
+) -> tuple[IntArray, IntArray, FloatArray]:
+    """The subproblem of labels ``[lo, hi)``: its rows, and only edges staying inside."""
+    a, b = int(indptr[lo]), int(indptr[hi])
+    cols = indices[a:b]
+    inside = (cols >= lo) & (cols < hi)
+    rows = np.repeat(np.arange(hi - lo, dtype=np.int64), np.diff(indptr[lo : hi + 1]))
+    counts = np.bincount(rows[inside], minlength=hi - lo)
+    sub_ptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    return sub_ptr, cols[inside] - lo, weights[a:b][inside]
+
+
+def _solve_blocks(
+    indptr: IntArray, indices: IntArray, weights: FloatArray, n: int, size: int
+) -> IntArray | None:
+    """Solve consecutive label blocks apart; a block without a perfect matching is
+    merged with the next one, and the last resort is the whole graph."""
+    succ = np.empty(n, dtype=np.int64)
+    lo = 0
+    while lo < n:
+        hi = min(n, lo + size)
+        if n - hi < size // 2:
+            hi = n
+        while True:
+            sub = _block(indptr, indices, weights, lo, hi)
+            cols = _full_matching(*sub, hi - lo)
+            if cols is not None or hi == n:
+                break
+            hi = min(n, hi + size)
+        if cols is None:
+            return None if lo == 0 else _full_matching(indptr, indices, weights, n)
+        succ[lo:hi] = cols + lo
+        lo = hi
+    return succ
+
+
+def solve_sparse(
+    graph: Graph, rng: random.Random, *, perturb: bool = False, block: int | None = None
+) -> Assignment | None:
+    """Solve on the CSR graph; ``None`` when it has no perfect matching.
+
+    Args:
+        graph: A sparse (or sampled) graph.
+        rng: Randomness for the tie-breakers.
+        perturb: Add random tie-breakers (exact, but they make LAPJVsp far
+            slower: its shortest paths stop being short when costs stop tying).
+        block: Solve label blocks of this size apart (``None``: :data:`BLOCK`
+            above :data:`BLOCK` people, else the whole graph at once). The
+            result is valid; it is optimal only if it also reaches the lower
+            bound, which the caller checks.
+    """
     indptr, indices, cost = graph.csr()
     n = graph.n
     if indices.size == 0:
@@ -107,13 +185,14 @@ def solve_sparse(graph: Graph, rng: random.Random, *, perturb: bool = True) -> A
         weights, _ = perturbed(cost + 1, n, max_cost + 1, gen)
     else:
         weights = (cost + 1).astype(np.float64)
-    matrix = csr_matrix((weights, indices, indptr), shape=(n, n))
-    try:
-        _, cols = min_weight_full_bipartite_matching(matrix)
-    except ValueError:  # "no full matching exists"
+    size = block if block is not None else (BLOCK if n > BLOCK else n)
+    if size >= n:
+        succ = _full_matching(indptr, indices, weights, n)
+    else:
+        succ = _solve_blocks(indptr, indices, weights, n, size)
+    if succ is None:
         return None
-    succ = np.asarray(cols, dtype=np.int64)
-    return Assignment(succ, _sum_costs(graph, succ))
+    return Assignment(succ, _sum_costs(graph, succ), exact=size >= n)
 
 
 def _sum_costs(graph: Graph, succ: IntArray) -> int:
