@@ -19,6 +19,7 @@ from enum import StrEnum
 
 from northpole.core.errors import InvalidInput, NotFound
 from northpole.idgen import decode
+from northpole.idgen.snowflake import MAX_WORKSHOP_ID, TIMESTAMP_SHIFT, WORKSHOP_SHIFT
 
 #: Longest ``gift_type`` (the design's VARCHAR(50)).
 MAX_GIFT_TYPE = 50
@@ -190,15 +191,16 @@ class GiftNotFound(NotFound):
 def new_gift(gift_id: int, request: NewGift, *, epoch_ms: int) -> Gift:
     """Return the REQUESTED gift ``request`` becomes under id ``gift_id``.
 
-    ``workshop_id`` and ``created_ms`` are read from the id (issued against ``epoch_ms``).
+    ``workshop_id`` and ``created_ms`` are read from the id (issued against
+    ``epoch_ms``); the id comes from the generator, so it is not checked again
+    (this runs once per gift of a 10,000-gift batch).
     """
-    parts = decode(gift_id, epoch_ms=epoch_ms)
     return Gift(
-        id=gift_id,
-        workshop_id=parts.workshop_id,
-        created_ms=parts.unix_ms,
-        gift_type=request.gift_type,
-        recipient_id=request.recipient_id,
+        gift_id,
+        (gift_id >> WORKSHOP_SHIFT) & MAX_WORKSHOP_ID,
+        (gift_id >> TIMESTAMP_SHIFT) + epoch_ms,
+        request.gift_type,
+        request.recipient_id,
     )
 
 
