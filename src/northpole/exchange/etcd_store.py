@@ -116,6 +116,20 @@ class EtcdExchangeStore:
         if self._owns_client:
             await self.client.close()
 
+    def fence(self, etcd_key: bytes, token: int) -> Compare:
+        """Return a compare that holds while ``etcd_key`` is still the key put at ``token``.
+
+        For a leader's fencing token (:meth:`northpole.coord.election.Leadership.fence`):
+        the candidate key is written once, so its mod revision is its create
+        revision. The key must lie under this store's root.
+
+        Raises:
+            InvalidInput: The key is outside the root.
+        """
+        if not etcd_key.startswith(self._root):
+            raise InvalidInput(f"{etcd_key!r} is not under the store's root {self.root!r}")
+        return Compare(etcd_key[len(self._root) :].decode(), token - BASE_REVISION)
+
     def _check_open(self) -> None:
         if self._closed:
             raise Unavailable("the etcd exchange store is closed")

@@ -25,12 +25,13 @@ returned.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter
 from prometheus_client import CollectorRegistry
@@ -42,7 +43,13 @@ from northpole.core.clock import Clock
 from northpole.core.errors import Conflict, InvalidInput, NorthpoleError, Unavailable
 from northpole.core.logging import get_logger
 from northpole.exchange import keys, policy
-from northpole.exchange.crypto import SealedMatch, commitment_root, parse_public_key, seal_match
+from northpole.exchange.crypto import (
+    SALT_BYTES,
+    SealedMatch,
+    commitment_root,
+    parse_public_key,
+    seal_match,
+)
 from northpole.exchange.keys import ExchangeRecord
 from northpole.exchange.metrics import ExchangeMetrics, Outcome
 from northpole.exchange.model import Exchange, Infeasible, Matching, Participant, Phase, Rules
@@ -51,6 +58,7 @@ from northpole.exchange.registration import Registrar
 from northpole.exchange.repository import ExchangeRepository
 from northpole.exchange.settings import ExchangeSettings
 from northpole.exchange.store import Compare, ExchangeStore, KeyValue, Operation, Put
+from northpole.exchange.twophase import PlainProposal, matches_prefix
 
 _log = get_logger(__name__)
 
@@ -74,6 +82,26 @@ class ExchangeCommitted:
     count: int
 
 
+class MatchCommitter(Protocol):
+    """Commits a solved matching another way than one transaction (the matcher replicas)."""
+
+    async def commit(
+        self,
+        record: ExchangeRecord,
+        state: KeyValue,
+        sealed: Sequence[SealedMatch],
+        matching: Matching,
+        plain: PlainProposal,
+    ) -> ExchangeRecord:
+        """Commit ``sealed`` for the MATCHING ``record`` read as ``state``; return the record.
+
+        ``plain`` is the plaintext matching, for the replicas that check it; it
+        must not be stored, logged or returned. On failure the committer leaves
+        the exchange as it was (or back in REGISTRATION) and raises.
+        """
+        ...
+
+
 def default_matcher(participants: Sequence[Participant], rules: Rules) -> Matching:
     """Solve with :func:`northpole.exchange.matching.match` (random among equally good answers)."""
     from northpole.exchange.matching import match
@@ -92,6 +120,8 @@ class ExchangeService:
         bus: Where ``exchange.committed`` is published.
         ids: Where exchange ids come from; without it no exchange can be created.
         matcher: Solves an exchange (default :func:`default_matcher`); runs in a thread.
+        committer: Commits a solved matching (default: one transaction of every sealed
+            match with the COMMITTED state).
     """
 
     name = "exchange"
@@ -106,6 +136,7 @@ class ExchangeService:
         bus: EventBus,
         ids: IdSource | None = None,
         matcher: Matcher | None = None,
+        committer: MatchCommitter | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -114,6 +145,7 @@ class ExchangeService:
         self._open_store = open_store
         self._ids = ids
         self._matcher = matcher or default_matcher
+        self._committer = committer
         self._repo: ExchangeRepository | None = None
         self._registrar: Registrar | None = None
 
@@ -307,12 +339,22 @@ class ExchangeService:
         ex = record.exchange
         try:
             participants = [p for _, p in await self.repo.participants(ex)]
-            sealed, matching = await asyncio.to_thread(self._solve, ex, participants)
+            sealed, matching, plain = await asyncio.to_thread(self._solve, ex, participants)
         except BaseException as exc:
             self.metrics.solves.labels(ex.region, _outcome(exc)).inc()
             await asyncio.shield(self._abort(record, kv))
             raise
-        committed = await self._commit(record, kv, sealed, matching)
+        if self._committer is None:
+            committed = await self._commit(record, kv, sealed, matching)
+        else:
+            try:
+                committed = await self._committer.commit(record, kv, sealed, matching, plain)
+            except BaseException:
+                self.metrics.solves.labels(ex.region, Outcome.FAILED).inc()
+                await self._refresh_phases()
+                raise
+            finally:
+                del plain
         self.metrics.solves.labels(ex.region, Outcome.COMMITTED).inc()
         self.bus.publish(
             keys.EXCHANGE_COMMITTED,
@@ -344,8 +386,13 @@ class ExchangeService:
 
     def _solve(
         self, exchange: Exchange, participants: list[Participant]
-    ) -> tuple[list[SealedMatch], Matching]:
-        """Run the matcher and seal each pair; only sealed matches leave (runs in a thread)."""
+    ) -> tuple[list[SealedMatch], Matching, PlainProposal]:
+        """Run the matcher and seal each pair (runs in a thread).
+
+        Only sealed matches leave, except for a committer that checks the
+        plaintext with the other replicas: it gets the pairs and salts too
+        (an empty :class:`PlainProposal` otherwise).
+        """
         started = time.perf_counter()
         try:
             matching = self._matcher(participants, exchange.rules)
@@ -353,11 +400,15 @@ class ExchangeService:
             self.metrics.matching.labels(exchange.region).observe(time.perf_counter() - started)
         policy.check_pairs(matching, participants)
         public = {p.id: parse_public_key(p.public_key) for p in participants}
+        salts = {giver: secrets.token_bytes(SALT_BYTES) for giver in matching.pairs}
         sealed = [
-            seal_match(exchange.id, giver, receiver, public[giver])
+            seal_match(exchange.id, giver, receiver, public[giver], salt=salts[giver])
             for giver, receiver in matching.pairs.items()
         ]
-        return sealed, Matching(pairs={}, cost=matching.cost, optimal=matching.optimal)
+        plain = PlainProposal(pairs={}, salts={})
+        if self._committer is not None:
+            plain = PlainProposal(pairs=dict(matching.pairs), salts=salts)
+        return sealed, Matching(pairs={}, cost=matching.cost, optimal=matching.optimal), plain
 
     async def _abort(self, record: ExchangeRecord, kv: KeyValue) -> None:
         """Put a MATCHING exchange back to REGISTRATION (if nobody changed it since)."""
@@ -414,7 +465,7 @@ class ExchangeService:
         policy.authorize_own(principal, pid, "match")
         record, _ = await self.repo.load(exchange_id)
         policy.require(record, "read a match", Phase.COMMITTED)
-        kv = await self.store.get(keys.match_key(record.exchange.year, record.exchange.id, pid))
+        kv = await self.store.get(await matches_prefix(self.store, record.exchange) + pid)
         if kv is None:
             raise ParticipantNotFound(pid)
         return record, keys.decode_match(kv.key, kv.value)
@@ -427,7 +478,7 @@ class ExchangeService:
         await self._authorize_read(record, principal)
         policy.require(record, "list commitments", Phase.COMMITTED)
         ex = record.exchange
-        rows = (await self.store.range(keys.matches_prefix(ex.year, ex.id))).kvs
+        rows = (await self.store.range(await matches_prefix(self.store, ex))).kvs
         matches = (keys.decode_match(r.key, r.value) for r in rows)
         return record, {m.giver: m.commitment for m in matches}
 
