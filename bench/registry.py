@@ -226,9 +226,35 @@ async def latencies(base: str, token: str, paths: list[str]) -> list[float]:
     return out
 
 
+def outbox_settled(base: str, token: str, timeout_s: float = 300.0) -> None:
+    """Wait until the server's relay has published every outbox row left by earlier cases.
+
+    Lookups measured while a relay drains a million rows measure the relay too.
+    """
+    import httpx
+
+    def relayed() -> float:
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+        for line in text.splitlines():
+            if line.startswith("registry_outbox_relayed_total "):
+                return float(line.split()[1])
+        return 0.0
+
+    deadline = time.monotonic() + timeout_s
+    last = -1.0
+    while time.monotonic() < deadline:
+        now = relayed()
+        if now == last:
+            return
+        last = now
+        time.sleep(2.0)
+    raise TimeoutError("the outbox relay did not settle")
+
+
 def latency_record(case: str, samples: list[float], **extra: Any) -> dict[str, Any]:
     """A latency case's JSON line."""
     record = case_record(case, len(samples), sum(samples), **extra)
+    record["loadavg_1m"] = os.getloadavg()[0]
     record.update(
         p50_ms=percentile_ms(samples, 0.50),
         p99_ms=percentile_ms(samples, 0.99),
@@ -260,6 +286,7 @@ def lookup_cases(opts: Options, env: dict[str, str], ids: list[str]) -> None:
     }
     if opts.wants("registry.lookup_cached") or opts.wants("registry.list_by_recipient"):
         with app_server(cached_env) as (base, token, _):
+            outbox_settled(base, token)
             if opts.wants("registry.lookup_cached"):
                 asyncio.run(latencies(base, token, sample))  # warm-up pass fills the cache
                 record = latency_record(
@@ -284,6 +311,7 @@ def lookup_cases(opts: Options, env: dict[str, str], ids: list[str]) -> None:
                 )
     if opts.wants("registry.lookup_uncached"):
         with app_server({**env, "NORTHPOLE_REGISTRY__CACHE_SIZE": "0"}) as (base, token, _):
+            outbox_settled(base, token)
             record = latency_record(
                 "registry.lookup_uncached",
                 asyncio.run(latencies(base, token, sample)),

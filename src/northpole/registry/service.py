@@ -6,8 +6,8 @@ While the app runs, the service
   the LRU cache (:mod:`northpole.registry.cache`) in front of lookups by id;
 * reads ``task.state_changed`` events from the in-process bus and turns them,
   in batches, into status changes (:mod:`northpole.registry.lifecycle`); a
-  batch that fails to store is retried with backoff, so an event read is not
-  lost to a database hiccup;
+  batch the database could not take (Unavailable) is retried with backoff, so
+  an event read is not lost to a database hiccup;
 * runs an :class:`~northpole.bus.outbox.OutboxRelay` from the repository's
   outbox to the :class:`~northpole.bus.stream.EventStream` it was given (a
   MemoryStream in the embedded edition, NATS JetStream in the cluster one);
@@ -291,16 +291,24 @@ class RegistryService:
                 self.metrics.task_events.labels("dropped").inc(subscription.dropped - dropped)
                 _log.warning("task events dropped", dropped=subscription.dropped - dropped)
                 dropped = subscription.dropped
-            failures = 0
-            while True:
-                try:
-                    await self.follow(signals)
-                    break
-                except NorthpoleError as exc:
-                    failures += 1
-                    delay = min(5.0, 0.05 * 2**failures) * self._rng.uniform(0.5, 1.0)
-                    _log.warning("gift status update failed; retrying", error=exc.message)
-                    await asyncio.sleep(delay)
+            await self._follow_with_retries(signals)
+
+    async def _follow_with_retries(self, signals: Sequence[TaskSignal]) -> None:
+        """Apply one batch; retry while the database is unavailable, give up on other errors."""
+        failures = 0
+        while True:
+            try:
+                await self.follow(signals)
+                return
+            except Unavailable as exc:
+                failures += 1
+                delay = min(5.0, 0.05 * 2**failures) * self._rng.uniform(0.5, 1.0)
+                _log.warning("gift status update failed; retrying", error=exc.message)
+                await asyncio.sleep(delay)
+            except NorthpoleError as exc:  # retrying cannot help: count and go on
+                self.metrics.task_events.labels("dropped").inc(len(signals))
+                _log.error("gift status update refused", error=exc.message, events=len(signals))
+                return
 
     async def _follow_rest(self, subscription: Subscription) -> None:
         """At shutdown: apply the events already read from the bus (best effort)."""
