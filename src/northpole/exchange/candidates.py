@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+from scipy.sparse import csr_matrix
 
 from northpole.exchange.cost import REGION_PENALTY, region_penalty, unwished_cost
 from northpole.exchange.model import RegionPreference, Rules
@@ -70,8 +71,14 @@ class Local:
         return int(self.people.size)
 
 
-def localize(roster: Roster, shard: Shard, rng: random.Random | None) -> Local:
-    """Relabel a shard's members in budget order (random among equal budgets)."""
+def localize(
+    roster: Roster, shard: Shard, rng: random.Random | None, *, wishes: bool = True
+) -> Local:
+    """Relabel a shard's members in budget order (random among equal budgets).
+
+    With ``wishes=False`` the wishes are left out (every gift then costs the
+    same), which is all that feasibility questions need.
+    """
     members = shard.members.copy()
     if rng is not None:
         perm = np.random.default_rng(rng.getrandbits(128)).permutation(members.size)
@@ -94,7 +101,7 @@ def localize(roster: Roster, shard: Shard, rng: random.Random | None) -> Local:
             r = to_local.get(roster.index[x])
             if r is not None:
                 excl.append(loc * n + r)
-        for rank, x in enumerate(p.preferences, start=1):
+        for rank, x in enumerate(p.preferences if wishes else (), start=1):
             r = to_local.get(roster.index[x])
             if r is not None:
                 wg.append(loc)
@@ -159,10 +166,10 @@ class Graph:
         """Return ``(indptr, givers)``: receiver ``r``'s givers, ascending."""
         if self._csc is None:
             indptr, indices, _ = self.csr()
-            rows = np.repeat(np.arange(self.n, dtype=np.int64), np.diff(indptr))
-            order = np.lexsort((rows, indices))
-            counts = np.bincount(indices, minlength=self.n)
-            self._csc = (np.concatenate(([0], np.cumsum(counts))).astype(np.int64), rows[order])
+            ones = np.ones(indices.size, dtype=np.int8)
+            csc = csr_matrix((ones, indices, indptr), shape=(self.n, self.n)).tocsc()
+            csc.sort_indices()
+            self._csc = (csc.indptr.astype(np.int64), csc.indices.astype(np.int64))
         return self._csc
 
     def out(self, g: int) -> IntArray:
@@ -252,18 +259,37 @@ def _budget_ranges(local: Local, rules: Rules) -> tuple[IntArray, IntArray]:
     tol = rules.budget_tolerance
     if tol is None:
         return np.zeros(n, dtype=np.int64), np.full(n, n, dtype=np.int64)
-    # Widened a little so rounding never drops an edge; the exact test follows.
-    slack = 1e-9 * (abs(tol) + np.abs(local.budget))
-    lo = np.searchsorted(local.budget, local.budget - tol - slack, side="left")
-    hi = np.searchsorted(local.budget, local.budget + tol + slack, side="right")
-    return lo.astype(np.int64), hi.astype(np.int64)
+    # Widened a little so rounding never drops an edge, then trimmed with the exact
+    # test: |b[g] - b[r]| grows monotonically away from g in budget order.
+    b = local.budget
+    slack = 1e-9 * (abs(tol) + np.abs(b))
+    lo = np.searchsorted(b, b - tol - slack, side="left").astype(np.int64)
+    hi = np.searchsorted(b, b + tol + slack, side="right").astype(np.int64)
+    while True:
+        bad = np.abs(b - b[np.minimum(lo, n - 1)]) > tol
+        if not bad.any():
+            break
+        lo[bad] += 1
+    while True:
+        bad = np.abs(b - b[np.maximum(hi - 1, 0)]) > tol
+        if not bad.any():
+            break
+        hi[bad] -= 1
+    return lo, hi
 
 
-def _keep(local: Local, rules: Rules, rows: IntArray, cols: IntArray) -> BoolArray:
-    """Which of the pairs ``rows[i] -> cols[i]`` are allowed edges."""
+def _keep(
+    local: Local, rules: Rules, rows: IntArray, cols: IntArray, *, in_range: bool = False
+) -> BoolArray:
+    """Which of the pairs ``rows[i] -> cols[i]`` are allowed edges.
+
+    ``in_range``: the pairs come from :func:`_budget_ranges`, so their budgets
+    are known to be compatible.
+    """
     ok: BoolArray = np.not_equal(rows, cols)
-    ok &= local.group[rows] != local.group[cols]
-    if rules.budget_tolerance is not None:
+    if local.n and int(local.group.max()) >= 0:  # somebody has a group
+        ok &= local.group[rows] != local.group[cols]
+    if rules.budget_tolerance is not None and not in_range:
         ok &= np.abs(local.budget[rows] - local.budget[cols]) <= rules.budget_tolerance
     if rules.cross_region_only:
         ok &= local.region[rows] != local.region[cols]
@@ -304,23 +330,25 @@ def _row_floor(local: Local, rules: Rules, w: int) -> IntArray:
 
 
 def _apply_wishes(
-    graph_codes: IntArray,
+    rows: IntArray,
+    cols: IntArray,
     cost: IntArray,
     wishes: tuple[IntArray, IntArray, IntArray],
     n: int,
-    rows: tuple[int, int] | None = None,
+    span: tuple[int, int] | None = None,
 ) -> None:
-    """Overwrite the cost of wished edges present in the sorted ``graph_codes``.
+    """Overwrite ``cost`` of the wished ones among the edges ``rows -> cols`` (row-sorted).
 
-    ``wishes`` is ``(giver, receiver, cost)`` sorted by giver; ``rows`` limits
-    them to givers ``[start, stop)`` (the givers ``graph_codes`` covers).
+    ``wishes`` is ``(giver, receiver, cost)`` sorted by giver; ``span`` limits
+    them to givers ``[start, stop)`` (the givers the edges cover).
     """
     g, r, wc = wishes
-    if rows is not None:
-        a, b = np.searchsorted(g, rows[0]), np.searchsorted(g, rows[1])
+    if span is not None:
+        a, b = np.searchsorted(g, span[0]), np.searchsorted(g, span[1])
         g, r, wc = g[a:b], r[a:b], wc[a:b]
-    if not g.size or not graph_codes.size:
+    if not g.size or not rows.size:
         return
+    graph_codes = rows * n + cols
     codes = g * n + r
     pos = np.searchsorted(graph_codes, codes)
     pos[pos >= graph_codes.size] = 0
@@ -361,64 +389,62 @@ def _dense(local: Local, rules: Rules, w: int) -> Graph:
     )
 
 
-def _kept_pairs(
-    local: Local,
-    rules: Rules,
-    pairs: tuple[IntArray, IntArray],
-    w: int,
-    wishes: tuple[IntArray, IntArray, IntArray],
-    span: tuple[int, int] | None = None,
-) -> tuple[IntArray, IntArray, IntArray]:
-    """Drop the pairs that are not allowed; return ``(rows, cols, cost)`` of the rest."""
-    rows, cols = pairs
+def _from_pairs(local: Local, rules: Rules, rows: IntArray, cols: IntArray, w: int) -> Graph:
+    """Build a CSR graph from candidate pairs sorted by ``(row, col)``, dropping bad ones."""
     keep = _keep(local, rules, rows, cols)
     rows, cols = rows[keep], cols[keep]
     cost = _base_cost(local, rules, rows, cols, w)
-    _apply_wishes(rows * local.n + cols, cost, wishes, local.n, span)
-    return rows, cols, cost
-
-
-def _csr_graph(
-    local: Local, rules: Rules, w: int, parts: list[tuple[IntArray, IntArray, IntArray]]
-) -> Graph:
-    """Assemble CSR arrays from row-sorted pieces ``(rows, cols, cost)``."""
-    rows = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, dtype=np.int64)
+    _apply_wishes(rows, cols, cost, _wish_costs(local, rules), local.n)
     counts = np.bincount(rows, minlength=local.n)
-    del rows
+    return Graph(
+        local,
+        "sparse",
+        complete=True,
+        row_floor=_row_floor(local, rules, w),
+        indptr=np.concatenate(([0], np.cumsum(counts))).astype(np.int64),
+        indices=cols,
+        cost=cost,
+    )
+
+
+def _sparse_full(local: Local, rules: Rules, w: int, lo: IntArray, hi: IntArray) -> Graph:
+    """Enumerate every in-range pair, a slice of givers at a time (bounded temporaries).
+
+    The kept edges are written into arrays sized for every in-range pair;
+    only the part written is ever touched, so only that part takes memory.
+    """
+    n = local.n
+    ends = np.cumsum(hi - lo)
+    total = int(ends[-1]) if n else 0
+    cols_out = np.empty(total, dtype=np.int64)
+    cost_out = np.empty(total, dtype=np.int64)
+    counts = np.zeros(n, dtype=np.int64)
+    wishes = _wish_costs(local, rules)
+    pos = start = 0
+    while start < n:
+        base = int(ends[start - 1]) if start else 0
+        stop = max(start + 1, int(np.searchsorted(ends, base + _CHUNK_EDGES, side="right")))
+        stop = min(stop, n)
+        rows, cols = _enumerate(lo[start:stop], hi[start:stop])
+        rows += start
+        keep = _keep(local, rules, rows, cols, in_range=True)
+        rows, cols = rows[keep], cols[keep]
+        end = pos + rows.size
+        cols_out[pos:end] = cols
+        cost_out[pos:end] = _base_cost(local, rules, rows, cols, w)
+        _apply_wishes(rows, cols, cost_out[pos:end], wishes, n, (start, stop))
+        counts[start:stop] = np.bincount(rows - start, minlength=stop - start)
+        pos, start = end, stop
     indptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-    cols = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, dtype=np.int64)
-    cost = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, dtype=np.int64)
     return Graph(
         local,
         "sparse",
         complete=True,
         row_floor=_row_floor(local, rules, w),
         indptr=indptr,
-        indices=cols,
-        cost=cost,
+        indices=cols_out[:pos],
+        cost=cost_out[:pos],
     )
-
-
-def _from_pairs(local: Local, rules: Rules, rows: IntArray, cols: IntArray, w: int) -> Graph:
-    """Build a CSR graph from candidate pairs sorted by ``(row, col)``, dropping bad ones."""
-    wishes = _wish_costs(local, rules)
-    return _csr_graph(local, rules, w, [_kept_pairs(local, rules, (rows, cols), w, wishes)])
-
-
-def _sparse_full(local: Local, rules: Rules, w: int, lo: IntArray, hi: IntArray) -> Graph:
-    """Enumerate every in-range pair, a slice of givers at a time (bounded temporaries)."""
-    ends = np.cumsum(hi - lo)
-    wishes = _wish_costs(local, rules)
-    parts = []
-    start = 0
-    while start < local.n:
-        base = int(ends[start - 1]) if start else 0
-        stop = max(start + 1, int(np.searchsorted(ends, base + _CHUNK_EDGES, side="right")))
-        stop = min(stop, local.n)
-        rows, cols = _enumerate(lo[start:stop], hi[start:stop])
-        parts.append(_kept_pairs(local, rules, (rows + start, cols), w, wishes, (start, stop)))
-        start = stop
-    return _csr_graph(local, rules, w, parts)
 
 
 def _enumerate(lo: IntArray, hi: IntArray) -> tuple[IntArray, IntArray]:

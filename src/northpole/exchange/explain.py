@@ -41,6 +41,8 @@ IntArray = npt.NDArray[np.int64]
 
 #: How many unmatched starts per side are tried for a small witness.
 _STARTS = 4
+#: Largest alternating reach walked in Python before scipy's BFS takes over.
+_SMALL_REACH = 20_000
 #: How many names a message lists before "and N others".
 _NAMES = 8
 
@@ -78,7 +80,7 @@ def explain_shard(
     if ruled is not None:
         return ruled
     if graph is None:
-        graph = build_graph(localize(roster, shard, None), rules, roster.max_wishes)
+        graph = build_graph(localize(roster, shard, None, wishes=False), rules, roster.max_wishes)
     hall = hall_witness(graph)
     if hall is not None:
         givers, receivers = hall
@@ -145,15 +147,45 @@ def _rule_only(roster: Roster, shard: Shard, rules: Rules) -> Explanation | None
 # -- Hall witnesses ----------------------------------------------------------------
 
 
+def _reach_small(
+    indptr: IntArray, indices: IntArray, mate: IntArray, start: int, limit: int
+) -> IntArray | None:
+    """Breadth-first alternating reach from ``start``; ``None`` once past ``limit`` rows."""
+    seen = {start}
+    frontier = [start]
+    while frontier:
+        nxt: list[int] = []
+        for v in frontier:
+            for w in mate[indices[indptr[v] : indptr[v + 1]]].tolist():
+                if w >= 0 and w not in seen:
+                    seen.add(w)
+                    nxt.append(w)
+        if len(seen) > limit:
+            return None
+        frontier = nxt
+    return np.sort(np.fromiter(seen, dtype=np.int64, count=len(seen)))
+
+
 def _alternating_reach(
     indptr: IntArray, indices: IntArray, mate: IntArray, starts: IntArray
 ) -> IntArray:
-    """Return the smallest set of rows reachable by alternating paths from one start."""
+    """Return the smallest set of rows reachable by alternating paths from one start.
+
+    Small reaches are walked directly; when every start reaches more than
+    :data:`_SMALL_REACH` rows, the hop graph is built once for scipy's BFS.
+    """
+    found = [_reach_small(indptr, indices, mate, s, _SMALL_REACH) for s in starts.tolist()]
+    small = [f for f in found if f is not None]
+    if small:
+        return min(small, key=lambda a: a.size)
     n = indptr.size - 1
     target = mate[indices]
     keep = target >= 0
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))[keep]
-    hop = csr_matrix((np.ones(int(keep.sum()), dtype=np.int8), (rows, target[keep])), shape=(n, n))
+    running = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
+    hop_ptr = running[indptr]
+    hop = csr_matrix(
+        (np.ones(int(hop_ptr[-1]), dtype=np.int8), target[keep], hop_ptr), shape=(n, n)
+    )
     best = np.arange(n, dtype=np.int64)
     for s in starts.tolist():
         reached = breadth_first_order(hop, s, directed=True, return_predecessors=False)

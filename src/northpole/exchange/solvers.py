@@ -159,6 +159,32 @@ def _solve_blocks(
     return succ
 
 
+def solve_matrix(
+    cost: IntArray, rng: random.Random, *, perturb: bool | None = None
+) -> Assignment | None:
+    """Assign rows to columns of a full cost matrix at least cost, ties at random.
+
+    The dense solver on a bare matrix (every pair allowed): rows and columns
+    are relabelled in a random order first (as a shard's people are), and the
+    answer is mapped back.
+    """
+    n = int(cost.shape[0])
+    gen = np.random.default_rng(rng.getrandbits(128))
+    rows, cols = gen.permutation(n), gen.permutation(n)
+    shuffled = cost[np.ix_(rows, cols)]
+    if perturb is None:
+        perturb = n <= PERTURB_DENSE_MAX
+    if perturb:
+        weights, _ = perturbed(shuffled, n, int(shuffled.max(initial=0)), gen)
+    else:
+        weights = shuffled.astype(np.float64)
+    del shuffled
+    r, c = linear_sum_assignment(weights)
+    succ = np.empty(n, dtype=np.int64)
+    succ[rows[r]] = cols[c]
+    return Assignment(succ, int(cost[np.arange(n), succ].sum()))
+
+
 def solve_sparse(
     graph: Graph, rng: random.Random, *, perturb: bool = False, block: int | None = None
 ) -> Assignment | None:

@@ -141,3 +141,16 @@ def test_feasible_exchange_has_no_explanation() -> None:
     """explain returns None for a feasible exchange of any size."""
     ps, rules = planted(300)
     assert explain(ps[:300], rules) is None
+
+
+def test_large_reaches_use_the_graph_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the direct walk capped at one row, scipy's BFS finds the same minimal witness."""
+    import northpole.exchange.explain as explain_module
+
+    ps, rules = planted(400)
+    direct = explain(ps, rules)
+    monkeypatch.setattr(explain_module, "_SMALL_REACH", 1)
+    searched = explain(ps, rules)
+    assert searched is not None and direct is not None
+    check_hall(ps, rules, searched)
+    assert set(searched.receivers) == set(direct.receivers)
