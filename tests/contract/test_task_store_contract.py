@@ -21,6 +21,7 @@ from northpole.tasks.scheduler import partition_of
 from northpole.tasks.sqlite_store import SCHEMA_VERSION, SqliteTaskStore
 from northpole.tasks.store import (
     Claim,
+    CompleteRequest,
     DependencyCycle,
     Heartbeat,
     TaskNotFound,
@@ -460,6 +461,54 @@ async def test_complete_from_assigned_passes_through_in_progress(
         (task.id, S.ASSIGNED, S.IN_PROGRESS),
         (task.id, S.IN_PROGRESS, S.COMPLETED),
     ]
+
+
+async def test_complete_many_completes_each_item_and_returns_its_events(
+    store: TaskStore, make_task: MakeTask, clock: FakeClock
+) -> None:
+    """complete_many completes every held task in one call, answering each one's events."""
+    tasks = [make_task() for _ in range(5)]
+    await store.submit(tasks, now_ms=clock.now_ms())
+    held, _ = await store.claim(_claim(limit=5), now_ms=clock.now_ms())
+    assert len(held) == 5
+    outcomes = await store.complete_many(
+        [CompleteRequest(t.id, "w1", t.fence, f"r{t.id}") for t in held], now_ms=clock.now_ms()
+    )
+    for task, outcome in zip(held, outcomes, strict=True):
+        assert isinstance(outcome, list)
+        assert _transitions(outcome) == [
+            (task.id, S.ASSIGNED, S.IN_PROGRESS),
+            (task.id, S.IN_PROGRESS, S.COMPLETED),
+        ]
+        done = await store.get(task.id)
+        assert (done.state, done.result, done.worker_id) == (S.COMPLETED, f"r{task.id}", None)
+
+
+async def test_complete_many_answers_refused_items_with_their_errors(
+    store: TaskStore, make_task: MakeTask, clock: FakeClock
+) -> None:
+    """An unknown task and a stale fence come back as errors; the other items complete."""
+    a, b = make_task(), make_task()
+    child = make_task(dependencies=(a.id,))
+    await store.submit([a, b, child], now_ms=clock.now_ms())
+    held, _ = await store.claim(_claim(limit=2), now_ms=clock.now_ms())
+    by_id = {t.id: t for t in held}
+    outcomes = await store.complete_many(
+        [
+            CompleteRequest(a.id, "w1", by_id[a.id].fence, None),
+            CompleteRequest(987_654_321, "w1", 1, None),
+            CompleteRequest(b.id, "w1", by_id[b.id].fence + 7, None),
+            CompleteRequest(a.id, "w1", by_id[a.id].fence, None),
+        ],
+        now_ms=clock.now_ms(),
+    )
+    assert isinstance(outcomes[0], list) and outcomes[0][-1].new_state is S.COMPLETED
+    assert isinstance(outcomes[1], TaskNotFound)
+    assert isinstance(outcomes[2], StaleFence)
+    assert isinstance(outcomes[3], StaleFence)  # the same task again: already COMPLETED
+    assert (await store.get(b.id)).state is S.ASSIGNED
+    released, _ = await store.claim(_claim(limit=5), now_ms=clock.now_ms())
+    assert [t.id for t in released] == [child.id]
 
 
 async def test_a_failed_attempt_backs_off_within_the_policy_bounds(

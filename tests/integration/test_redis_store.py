@@ -134,7 +134,7 @@ async def test_a_release_left_in_the_outbox_is_applied_by_the_sweeper(
     async def lost(*_: Any, **__: Any) -> list[Any]:
         return []  # the process "dies" before applying the follow-up
 
-    monkeypatch.setattr(store, "_follow", lost)
+    monkeypatch.setattr(store, "follow", lost)
     await store.complete(held.id, worker_id="w", fence=held.fence, result=None, now_ms=NOW)
     monkeypatch.undo()
     assert (await store.claim(Claim("w", "g", lease_ms=60_000), now_ms=NOW))[0] == []
@@ -159,7 +159,7 @@ async def test_a_failure_left_in_the_outbox_fails_the_dependent_at_the_next_swee
     async def lost(*_: Any, **__: Any) -> list[Any]:
         return []
 
-    monkeypatch.setattr(store, "_follow", lost)
+    monkeypatch.setattr(store, "follow", lost)
     events = await store.cancel(parent.id, now_ms=NOW)
     monkeypatch.undo()
     assert [e.task_id for e in events] == [parent.id]
@@ -167,6 +167,43 @@ async def test_a_failure_left_in_the_outbox_fails_the_dependent_at_the_next_swee
     assert [(e.task_id, e.new_state, e.reason) for e in swept] == [
         (child.id, S.FAILED, "dependency_failed")
     ]
+
+
+async def test_a_release_found_by_a_redrive_recheck_survives_in_the_outbox(
+    store: RedisTaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dependency that completed while a redrive read it as PENDING is released by the
+    sweeper even if the redriving process dies before applying the release itself."""
+    parent = make_task()
+    child = make_task(gift_id=_other_partition_gift(parent.partition), dependencies=(parent.id,))
+    await store.submit([parent, child], now_ms=NOW)
+    await store.cancel(child.id, now_ms=NOW)
+    stale_parent = await store.get(parent.id)
+    [held], _ = await store.claim(Claim("w", "g", lease_ms=60_000), now_ms=NOW)
+    await store.complete(held.id, worker_id="w", fence=held.fence, result=None, now_ms=NOW)
+    real_load = store.load_many
+    served = False
+
+    async def stale_first(ids: Any) -> dict[int, Task]:
+        nonlocal served
+        ids = list(ids)
+        if parent.id in ids and not served:  # the redrive's first read: before the completion
+            served = True
+            return {parent.id: stale_parent}
+        return await real_load(ids)
+
+    async def lost(*_: Any, **__: Any) -> list[Any]:
+        return []  # the process "dies" before applying the follow-up
+
+    monkeypatch.setattr(store, "load_many", stale_first)
+    monkeypatch.setattr(store, "follow", lost)
+    await store.redrive(child.id, now_ms=NOW)
+    monkeypatch.undo()
+    assert (await store.claim(Claim("w", "g", lease_ms=60_000), now_ms=NOW))[0] == []
+    later = NOW + 10_000
+    await store.sweep(now_ms=later, worker_ttl_ms=60_000)
+    claimed, _ = await store.claim(Claim("w", "g", lease_ms=60_000), now_ms=later)
+    assert [t.id for t in claimed] == [child.id]
 
 
 async def test_a_store_used_outside_its_lifecycle_raises_unavailable(server: RedisProcess) -> None:

@@ -43,7 +43,7 @@ from northpole.tasks.model import (
     TaskState,
 )
 from northpole.tasks.service import SubmitItem
-from northpole.tasks.store import Claim, Heartbeat
+from northpole.tasks.store import Claim, CompleteRequest, Heartbeat
 
 if TYPE_CHECKING:
     from northpole.tasks.service import QueuesReport, TaskService
@@ -364,15 +364,16 @@ def build_router(service: TaskService) -> APIRouter:  # noqa: C901 - one closure
     async def ack(worker_id: WorkerIdPath, request: Request) -> Response:
         body = parse_body(await request.body(), AckIn)
         wid = _worker_id(worker_id)
-        # All at once: the store writes concurrent calls in one transaction (one fsync).
-        outcomes = [
-            _outcome(
-                done.id,
-                service.complete(done.id, worker_id=wid, fence=done.fence, result=done.result),
+        # Completions in one store call (one transaction, or one script per partition);
+        # failures concurrently (the store writes concurrent calls together).
+        done: list[TaskState | NorthpoleError]
+        try:
+            done = await service.complete_many(
+                [CompleteRequest(d.id, wid, d.fence, d.result) for d in body.completed]
             )
-            for done in body.completed
-        ]
-        outcomes += [
+        except NorthpoleError as exc:  # each item reports it, as when acked one by one
+            done = [exc] * len(body.completed)
+        outcomes = [
             _outcome(
                 failed.id,
                 service.fail(
@@ -386,7 +387,8 @@ def build_router(service: TaskService) -> APIRouter:  # noqa: C901 - one closure
             )
             for failed in body.failed
         ]
-        results = await asyncio.gather(*outcomes)
+        results = [_result(d.id, state) for d, state in zip(body.completed, done, strict=True)]
+        results += await asyncio.gather(*outcomes)
         return json_response({"results": results})
 
     @router.post("/tasks/{id}/complete", dependencies=[workers], summary="Report success")
@@ -418,7 +420,14 @@ def build_router(service: TaskService) -> APIRouter:  # noqa: C901 - one closure
 async def _outcome(task_id: int, action: Awaitable[TaskState]) -> dict[str, Any]:
     """Run one acknowledgement; a stale fence or an illegal state is reported, not raised."""
     try:
-        state = await action
+        state: TaskState | NorthpoleError = await action
     except NorthpoleError as exc:
-        return {"id": str(task_id), "ok": False, "state": None, "error": exc.to_body()["error"]}
+        state = exc
+    return _result(task_id, state)
+
+
+def _result(task_id: int, state: TaskState | NorthpoleError) -> dict[str, Any]:
+    """One item of the ack answer: the new state, or the error that refused it."""
+    if isinstance(state, NorthpoleError):
+        return {"id": str(task_id), "ok": False, "state": None, "error": state.to_body()["error"]}
     return {"id": str(task_id), "ok": True, "state": state.value, "error": None}

@@ -20,14 +20,23 @@ from typing import Any
 import orjson
 
 from northpole.tasks.model import Task, TaskEvent, TaskState
-from northpole.tasks.scheduler import schedule_key
 
 #: Hash field text -> TaskState.
 STATES = {state.value: state for state in TaskState}
 
 
-def task_fields(task: Task, *, aging_ms: int) -> list[str]:
-    """Return a task as the flat ``[field, value, ...]`` list of its hash (None fields left out)."""
+#: Where :func:`task_fields` puts the values the ``submit`` script reads (1-based, Lua):
+#: the fixed head is always these 14 pairs in this order; optional pairs follow.
+HEAD_FIELDS = ("i", "g", "y", "p", "r", "pa", "s", "c", "u", "a", "n", "rc", "f", "sk")
+
+
+def task_fields(task: Task, *, aging_ms: int) -> list[str]:  # noqa: C901 - flat on purpose
+    """Return a task as the flat ``[field, value, ...]`` list of its hash (None fields left out).
+
+    The first 14 pairs are :data:`HEAD_FIELDS` in that order (the ``submit`` script reads
+    type, priority, state, available and sched_key by position); optional fields follow.
+    """
+    available = task.available_ms
     out = [
         "i",
         str(task.id),
@@ -48,7 +57,7 @@ def task_fields(task: Task, *, aging_ms: int) -> list[str]:
         "u",
         str(task.updated_ms),
         "a",
-        str(task.available_ms),
+        str(available),
         "n",
         str(task.attempts),
         "rc",
@@ -56,23 +65,28 @@ def task_fields(task: Task, *, aging_ms: int) -> list[str]:
         "f",
         str(task.fence),
         "sk",
-        str(schedule_key(task.priority, task.available_ms, aging_ms)),
+        str(available - task.priority * aging_ms),  # scheduler.schedule_key
     ]
-    optional: tuple[tuple[str, object], ...] = (
-        ("d", ",".join(map(str, task.dependencies)) if task.dependencies else None),
-        ("dl", task.deadline_ms),
-        ("m", orjson.dumps(task.metadata).decode() if task.metadata else None),
-        ("k", task.idempotency_key),
-        ("w", task.worker_id),
-        ("l", task.lease_until_ms),
-        ("st", task.started_ms),
-        ("fi", task.finished_ms),
-        ("e", task.last_error),
-        ("re", task.result),
-    )
-    for name, value in optional:
-        if value is not None:
-            out += [name, str(value)]
+    if task.dependencies:
+        out += ("d", ",".join(map(str, task.dependencies)))
+    if task.deadline_ms is not None:
+        out += ("dl", str(task.deadline_ms))
+    if task.metadata:
+        out += ("m", orjson.dumps(task.metadata).decode())
+    if task.idempotency_key is not None:
+        out += ("k", task.idempotency_key)
+    if task.worker_id is not None:
+        out += ("w", task.worker_id)
+    if task.lease_until_ms is not None:
+        out += ("l", str(task.lease_until_ms))
+    if task.started_ms is not None:
+        out += ("st", str(task.started_ms))
+    if task.finished_ms is not None:
+        out += ("fi", str(task.finished_ms))
+    if task.last_error is not None:
+        out += ("e", task.last_error)
+    if task.result is not None:
+        out += ("re", task.result)
     return out
 
 

@@ -48,13 +48,14 @@ the keys above from it; every key they touch is in that one slot.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
 from northpole.core.errors import InvalidInput
 
 #: Buckets of the task id -> partition directory.
-DIRECTORY_BUCKETS = 256
+DIRECTORY_BUCKETS = 64
 
 #: The task record's hash fields (absent field = None), in Task field order, then the
 #: store's own: ``sk`` sched_key and ``cl`` when the running attempt was claimed.
@@ -155,4 +156,9 @@ class Keys:
 
     def directory(self, task_id: int) -> str:
         """Return the directory bucket hash holding ``task_id -> partition``."""
-        return f"{self.namespace}:{{d{task_id % DIRECTORY_BUCKETS}}}:loc"
+        return _directory_keys(self.namespace)[task_id % DIRECTORY_BUCKETS]
+
+
+@functools.lru_cache(maxsize=16)
+def _directory_keys(namespace: str) -> tuple[str, ...]:
+    return tuple(f"{namespace}:{{d{b}}}:loc" for b in range(DIRECTORY_BUCKETS))

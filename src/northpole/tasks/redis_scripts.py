@@ -59,7 +59,7 @@ PARTITION_SCRIPTS = (
     "sweep_scan",
 )
 #: Scripts of the worker registry and idempotency slots (no helpers).
-PLAIN_SCRIPTS = ("forget", "idempotency", "register")
+PLAIN_SCRIPTS = ("forget", "idempotency", "locate", "register")
 #: Errors of the driver that mean "Redis is not reachable or not able to answer".
 DRIVER_ERRORS = (RedisError, RedisClusterException, OSError)
 

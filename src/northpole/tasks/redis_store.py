@@ -8,15 +8,21 @@ Lifecycle, as :class:`~northpole.tasks.sqlite_store.SqliteTaskStore`::
 
 Key layout: :mod:`northpole.tasks.redis_keys`. Scripts: ``tasks/lua/*.lua``,
 run by :mod:`northpole.tasks.redis_scripts`. Records: :mod:`northpole.tasks.redis_codec`.
+The paths live in modules of their own: submits :mod:`~northpole.tasks.redis_submit`,
+claims and heartbeats :mod:`~northpole.tasks.redis_claim`, cross-partition
+follow-ups :mod:`~northpole.tasks.redis_follow`, statistics
+:mod:`~northpole.tasks.redis_report`; this module holds the lifecycle, the
+id -> partition directory and the single-partition transitions.
 
 **What is atomic.** Every transition of tasks of one partition is one Lua
 script on the partition's slot: claim, start, complete (with the release of
 dependents in the same partition), fail and retry, cancel, redrive, lease
 reclaim, deadline expiry, and the cascade of a failure through dependents in
 the same partition. Several tasks per call: a claim takes up to ``limit`` tasks
-per partition in one script, concurrent :meth:`complete` calls are coalesced
-into one script per partition (each keeps its own result), the sweeper handles
-a partition in one script.
+per partition in one script, :meth:`complete_many` and concurrent
+:meth:`complete` calls (coalesced) complete every task of a partition in one
+script (each keeps its own result), the sweeper handles a partition in one
+script.
 
 **What crosses partitions, and how.**
 
@@ -28,16 +34,16 @@ a partition in one script.
   sweeper applies every follow-up older than ``outbox_grace_ms``. So a
   dependent is released or failed *at least once, eventually*, not in the same
   instant as its dependency.
-* *Submit* reads what it needs (idempotency keys, dependency states, clashing
-  ids), validates the whole batch (unknown dependencies, cycles, duplicate ids)
+* *Submit* reads what it needs (idempotency keys, dependency states),
+  validates the whole batch (unknown dependencies, cycles, duplicate ids)
   before writing anything, reserves the batch's idempotency keys in one script
-  (all or none), writes the id directory, then one ``submit`` script per
-  partition, then ``link`` scripts that register cross-partition dependency
-  edges (each returning the dependency's state at that instant, so a
-  dependency that finished meanwhile is not missed). Invalid input writes
-  nothing. A process that dies mid-submit (never acknowledged) may leave a part
-  of a multi-partition batch stored; submitting it again with idempotency keys
-  completes it.
+  (all or none), writes the id directory (an id already stored undoes it and
+  is refused), then one ``submit`` script per partition, then ``link`` scripts
+  that register cross-partition dependency edges (each returning the
+  dependency's state at that instant, so a dependency that finished meanwhile
+  is not missed). Invalid input writes nothing. A process that dies mid-submit
+  (never acknowledged) may leave a part of a multi-partition batch stored;
+  submitting it again with idempotency keys completes it.
 * *Task id -> partition*: the directory (hash buckets in their own slots), read
   through an in-process cache (a task never changes partition).
 * *Workers and groups*: a registry in its own slot, updated by ``register``
@@ -50,6 +56,10 @@ a partition in one script.
   uses the peeked depths (``scheduler.steal_order``).
 * *Statistics* add up per-partition counters; a snapshot, not one instant.
 
+* *Redrive* reads the dependencies' states, redrives, reads them again and
+  records a release or failure for any that ended meanwhile in the outbox
+  before applying it, so a process that dies there leaves it to the sweeper.
+
 **Sweeping** is safe in many processes at once: ``sweep_scan`` reads the
 expired leases, the caller draws the retry delays (its retry policy), and
 ``sweep`` re-checks each task (state, fence, lease) before changing it.
@@ -57,8 +67,6 @@ expired leases, the caller draws the retry delays (its retry policy), and
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import random
 from collections.abc import Iterable, Sequence
 from types import TracebackType
@@ -66,53 +74,36 @@ from typing import Any
 
 import orjson
 
-from northpole.core.errors import Conflict, InvalidInput, Unavailable
+from northpole.core.errors import InvalidInput, Unavailable
 from northpole.core.logging import get_logger
-from northpole.tasks import transitions
+from northpole.tasks import redis_claim, redis_report, redis_submit, transitions
 from northpole.tasks.model import Reason, Task, TaskEvent, TaskState
 from northpole.tasks.redis_batch import Coalescer
-from northpole.tasks.redis_codec import (
-    depth_key,
-    events_from_reply,
-    submitted_event,
-    task_fields,
-    task_from_flat,
-    task_from_hash,
-)
+from northpole.tasks.redis_codec import events_from_reply, task_from_flat, task_from_hash
+from northpole.tasks.redis_follow import FollowUp, apply_all, chunks, follow_items, record
 from northpole.tasks.redis_keys import Keys
-from northpole.tasks.redis_plan import FAILED_ENDS, Peek, doomed, plan_claim, split_twins
+from northpole.tasks.redis_plan import FAILED_ENDS
+from northpole.tasks.redis_report import DURATION_WINDOW
 from northpole.tasks.redis_scripts import Call, Client, ScriptRunner, connect
 from northpole.tasks.retry import RetryPolicy
-from northpole.tasks.scheduler import assign_partitions, find_cycle, schedule_key
 from northpole.tasks.store import (
     Claim,
-    DependencyCycle,
-    DepthRow,
+    CompleteOutcome,
+    CompleteRequest,
     Heartbeat,
     HeartbeatAnswer,
     QueueStats,
     TaskNotFound,
-    UnknownDependency,
     WorkerInfo,
 )
 
 _log = get_logger(__name__)
 S = TaskState
-#: Completions a type's mean processing time is (roughly) taken over.
-DURATION_WINDOW = 100
-#: Heads a claim looks at per partition at most (more are taken by depth).
-_PEEK_MAX = 256
 #: Expired leases one sweep handles per partition.
 _SWEEP_LEASES = 1_000
-#: Rounds a claim makes when concurrent claims took what it peeked.
-_CLAIM_ROUNDS = 10
-#: Follow-up item: (source partition, kind, target partition, child id, parent id).
-FollowUp = tuple[int, str, int, str, str]
-
-
-@functools.lru_cache(maxsize=64)
-def _partition_map(partitions: int, members: tuple[str, ...]) -> dict[str, list[int]]:
-    return assign_partitions(partitions, members)
+#: A completion on its way to a ``complete`` script: (partition, task id, worker, fence,
+#: result).
+_Done = tuple[int, int, str, int, str | None]
 
 
 class RedisTaskStore:
@@ -161,11 +152,13 @@ class RedisTaskStore:
         self._grace_ms = outbox_grace_ms
         self._cache_size = location_cache
         self._where: dict[int, int] = {}
+        #: The members of each group at its last register (claims peek at what they own).
+        self.group_members: dict[str, tuple[str, ...]] = {}
         self._runner: ScriptRunner | None = None
         self._others: list[Any] = []
         self._owns_client = isinstance(url_or_client, str)
         self._closed = False
-        self._completer = Coalescer(self._complete_batch)
+        self._completer: Coalescer[tuple[int, _Done]] = Coalescer(self._coalesced)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -215,17 +208,20 @@ class RedisTaskStore:
             raise Unavailable(f"task store is {state}")
         return self._runner
 
-    def _call(self, script: str, partition: int, now_ms: int, *args: str | int) -> Call:
+    def call(self, script: str, partition: int, now_ms: int, *args: str | int) -> Call:
+        """A call of a partition script (``KEYS[1]`` the partition, ``ARGV`` partition, now,
+        ``args``)."""
         return Call(script, (self.keys.partition(partition),), (partition, now_ms, *args))
 
     # -- locating tasks ---------------------------------------------------------------------
 
-    def _remember(self, task_id: int, partition: int) -> None:
+    def remember(self, task_id: int, partition: int) -> None:
+        """Cache where a task lives (a task never changes partition)."""
         if len(self._where) >= self._cache_size:
             self._where.clear()
         self._where[task_id] = partition
 
-    async def _locate(self, ids: Iterable[int]) -> dict[int, int]:
+    async def locate(self, ids: Iterable[int]) -> dict[int, int]:
         """Return the partition of each id that the directory knows."""
         found: dict[int, int] = {}
         unknown = []
@@ -246,17 +242,18 @@ class RedisTaskStore:
                 for task_id, partition in zip(ids, reply, strict=True):
                     if partition is not None:
                         found[task_id] = int(partition)
-                        self._remember(task_id, int(partition))
+                        self.remember(task_id, int(partition))
         return found
 
     async def _partition_of(self, task_id: int) -> int:
-        where = await self._locate([task_id])
+        where = await self.locate([task_id])
         if task_id not in where:
             raise TaskNotFound(task_id)
         return where[task_id]
 
-    async def _load_many(self, ids: Iterable[int]) -> dict[int, Task]:
-        where = await self._locate(ids)
+    async def load_many(self, ids: Iterable[int]) -> dict[int, Task]:
+        """Return the stored tasks among ``ids``, by id."""
+        where = await self.locate(ids)
         order = list(where)
         replies = await self.runner.commands(
             [("HGETALL", self.keys.task(where[i], i)) for i in order]
@@ -267,7 +264,7 @@ class RedisTaskStore:
 
     async def get(self, task_id: int) -> Task:
         """Return a task; raise :class:`TaskNotFound`."""
-        found = await self._load_many([task_id])
+        found = await self.load_many([task_id])
         if task_id not in found:
             raise TaskNotFound(task_id)
         return found[task_id]
@@ -276,158 +273,89 @@ class RedisTaskStore:
         self, tasks: Sequence[Task], *, now_ms: int
     ) -> tuple[list[Task], list[TaskEvent]]:
         """Store new PENDING tasks (all or none); return them (or the idempotent twins)."""
-        batch = list(tasks)
-        self._check_batch(batch)
-        if not batch:
-            return [], []
-        for _ in range(5):
-            result = await self._submit_once(batch, now_ms)
-            if result is not None:
-                return result
-        raise Unavailable("idempotency keys of the batch kept changing; try again")
+        return await redis_submit.submit(self, tasks, now_ms)
 
     async def claim(self, claim: Claim, *, now_ms: int) -> tuple[list[Task], list[TaskEvent]]:
         """Assign up to ``claim.limit`` claimable tasks to the worker (PENDING -> ASSIGNED)."""
-        types = sorted(claim.task_types)
-        peek_limit = max(0, min(claim.limit, _PEEK_MAX))
-        calls = [self._register(claim.worker_id, claim.group, claim.task_types, None, now_ms)]
-        calls += [
-            self._call("peek", p, now_ms, peek_limit, len(types), *types)
-            for p in range(self.partitions)
-        ]
-        replies = await self.runner.run(calls)
-        own = _partition_map(self.partitions, tuple(replies[0])).get(claim.worker_id, [])
-        if claim.limit <= 0:
-            return [], []
-        peeks = {p: _peek(reply) for p, reply in enumerate(replies[1:])}
-        claimed: list[Task] = []
-        events: list[TaskEvent] = []
-        for _ in range(_CLAIM_ROUNDS):
-            plan = plan_claim(peeks, own, claim.limit - len(claimed))
-            if not plan:
-                break
-            _, short = await self._claim_round(
-                plan, set(own), claim, types, now_ms, claimed, events
-            )
-            if len(claimed) >= claim.limit or not short:
-                break
-            replies = await self.runner.run(
-                [self._call("peek", p, now_ms, peek_limit, len(types), *types) for p in peeks]
-            )
-            peeks = {p: _peek(reply) for p, reply in zip(peeks, replies, strict=True)}
-        return claimed, events
-
-    async def _claim_round(
-        self,
-        plan: list[tuple[int, int]],
-        own_parts: set[int],
-        claim: Claim,
-        types: list[str],
-        now_ms: int,
-        claimed: list[Task],
-        events: list[TaskEvent],
-    ) -> tuple[int, bool]:
-        """Claim as planned; append tasks (own partitions in claim order, then stolen ones)."""
-        calls = [
-            self._call("claim", p, now_ms, n, claim.lease_ms, claim.worker_id, len(types), *types)
-            for p, n in plan
-        ]
-        replies = await self.runner.run(calls)
-        short = False
-        own: list[Task] = []
-        stolen: list[Task] = []
-        event_of: dict[int, TaskEvent] = {}
-        for (partition, n), (records, evs) in zip(plan, replies, strict=True):
-            tasks = [task_from_flat(r) for r in records]
-            short = short or len(tasks) < n
-            for task in tasks:
-                self._remember(task.id, partition)
-            (own if partition in own_parts else stolen).extend(tasks)
-            event_of.update((e.task_id, e) for e in events_from_reply(evs))
-        own.sort(key=lambda t: (schedule_key(t.priority, t.available_ms, self.aging_ms), t.id))
-        for task in (*own, *stolen):
-            claimed.append(task)
-            events.append(event_of[task.id])
-        return len(own) + len(stolen), short
+        return await redis_claim.claim(self, claim, now_ms)
 
     async def heartbeat(self, beat: Heartbeat, *, now_ms: int) -> HeartbeatAnswer:
         """Record the worker alive, mark ``started`` tasks IN_PROGRESS, extend its leases.
 
         Only the leases of tasks listed in ``holding`` (or ``started``) are extended.
         """
-        shown = [*beat.holding, *beat.started]
-        where = await self._locate(i for i, _ in shown) if shown else {}
-        by_partition: dict[int, tuple[list[str], list[str]]] = {}
-        for items, slot in ((beat.started, 0), (beat.holding, 1)):
-            for task_id, fence in items:
-                if task_id in where:
-                    pair = by_partition.setdefault(where[task_id], ([], []))
-                    pair[slot].extend((str(task_id), str(fence)))
-        calls = [
-            self._register(beat.worker_id, beat.group, beat.task_types, beat.concurrency, now_ms)
-        ]
-        parts = sorted(by_partition)
-        for p in parts:
-            started, holding = by_partition[p]
-            calls.append(
-                self._call(
-                    "heartbeat",
-                    p,
-                    now_ms,
-                    beat.lease_ms,
-                    beat.worker_id,
-                    len(started) // 2,
-                    *started,
-                    len(holding) // 2,
-                    *holding,
-                )
-            )
-        replies = await self.runner.run(calls)
-        own = _partition_map(self.partitions, tuple(replies[0])).get(beat.worker_id, [])
-        held: set[int] = set()
-        events: list[TaskEvent] = []
-        for held_ids, evs in replies[1:]:
-            held.update(int(i) for i in held_ids)
-            events.extend(events_from_reply(evs))
-        cancel = tuple(dict.fromkeys(i for i, _ in beat.holding if i not in held))
-        return HeartbeatAnswer(cancel=cancel, partitions=tuple(own), events=events)
+        return await redis_claim.heartbeat(self, beat, now_ms)
 
     async def complete(
         self, task_id: int, *, worker_id: str, fence: int, result: str | None, now_ms: int
     ) -> list[TaskEvent]:
         """Record success (releases dependents); concurrent calls share round trips."""
         partition = await self._partition_of(task_id)
-        code, record, events = await self._completer.submit(
-            (partition, now_ms, task_id, worker_id, fence, result)
+        outcome = await self._completer.submit(
+            (now_ms, (partition, task_id, worker_id, fence, result))
         )
-        if code == "missing":
-            raise TaskNotFound(task_id)
-        if code == "stale":
-            raise transitions.StaleFence(task_from_flat(record), worker_id, fence)
-        return events_from_reply(events)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        events: list[TaskEvent] = outcome
+        return events
 
-    async def _complete_batch(
-        self, items: Sequence[tuple[int, int, int, str, int, str | None]]
-    ) -> list[Any]:
-        groups: dict[tuple[int, int], list[int]] = {}
-        for index, (partition, now_ms, *_) in enumerate(items):
-            groups.setdefault((partition, now_ms), []).append(index)
+    async def complete_many(
+        self, items: Sequence[CompleteRequest], *, now_ms: int
+    ) -> list[CompleteOutcome]:
+        """Record many successes in one script per partition; per item, events or error."""
+        where = await self.locate(i.task_id for i in items)
+        out: list[CompleteOutcome] = [TaskNotFound(i.task_id) for i in items]
+        located = [k for k, item in enumerate(items) if item.task_id in where]
+        done: list[_Done] = [
+            (where[i.task_id], i.task_id, i.worker_id, i.fence, i.result)
+            for i in (items[k] for k in located)
+        ]
+        for k, outcome in zip(located, await self._complete_batch(done, now_ms), strict=True):
+            out[k] = outcome
+        return out
+
+    async def _coalesced(self, items: Sequence[tuple[int, _Done]]) -> list[CompleteOutcome]:
+        """Run coalesced :meth:`complete` calls, grouped by their ``now_ms``."""
+        out: list[CompleteOutcome] = [[] for _ in items]
+        by_now: dict[int, list[int]] = {}
+        for k, (now_ms, _) in enumerate(items):
+            by_now.setdefault(now_ms, []).append(k)
+        for now_ms, indexes in by_now.items():
+            outcomes = await self._complete_batch([items[k][1] for k in indexes], now_ms)
+            for k, outcome in zip(indexes, outcomes, strict=True):
+                out[k] = outcome
+        return out
+
+    async def _complete_batch(self, items: Sequence[_Done], now_ms: int) -> list[CompleteOutcome]:
+        """One ``complete`` script per partition for ``items``; then their follow-ups."""
+        groups: dict[int, list[int]] = {}
+        for index, item in enumerate(items):
+            groups.setdefault(item[0], []).append(index)
         calls = []
-        for (partition, now_ms), indexes in groups.items():
-            args: list[str | int] = [DURATION_WINDOW, len(indexes)]
-            for i in indexes:
-                _, _, task_id, worker_id, fence, result = items[i]
-                args += [task_id, worker_id, fence, int(result is not None), result or ""]
-            calls.append(self._call("complete", partition, now_ms, *args))
-        replies = await self.runner.run(calls)
-        out: list[Any] = [None] * len(items)
+        for partition, indexes in groups.items():
+            payload = [
+                (str(items[i][1]), items[i][2], str(items[i][3]), items[i][4]) for i in indexes
+            ]
+            calls.append(
+                self.call(
+                    "complete", partition, now_ms, DURATION_WINDOW, orjson.dumps(payload).decode()
+                )
+            )
+        replies = await self.runner.run(calls) if calls else []
+        out: list[CompleteOutcome] = [[] for _ in items]
         follow: list[FollowUp] = []
-        for ((partition, _), indexes), (results, owed) in zip(groups.items(), replies, strict=True):
-            for i, res in zip(indexes, results, strict=True):
-                out[i] = res
-            follow += _follow_items(partition, owed)
+        for (partition, indexes), (results, owed) in zip(groups.items(), replies, strict=True):
+            for i, (code, flat, events) in zip(indexes, results, strict=True):
+                _, task_id, worker_id, fence, _ = items[i]
+                if code == "missing":
+                    out[i] = TaskNotFound(task_id)
+                elif code == "stale":
+                    out[i] = transitions.StaleFence(task_from_flat(flat), worker_id, fence)
+                else:
+                    out[i] = events_from_reply(events)
+            follow += follow_items(partition, owed)
         if follow:
-            await self._follow(follow, max(now for _, now, *_ in items))
+            await self.follow(follow, now_ms)
         return out
 
     async def fail(
@@ -455,7 +383,7 @@ class RedisTaskStore:
                 backoff = delay_ms
         [reply] = await self.runner.run(
             [
-                self._call(
+                self.call(
                     "fail",
                     partition,
                     now_ms,
@@ -469,25 +397,25 @@ class RedisTaskStore:
                 )
             ]
         )
-        code, record, events, owed = reply
+        code, flat, events, owed = reply
         if code == "missing":
             raise TaskNotFound(task_id)
         if code == "stale":
-            raise transitions.StaleFence(task_from_flat(record), worker_id, fence)
+            raise transitions.StaleFence(task_from_flat(flat), worker_id, fence)
         out = events_from_reply(events)
-        return out + await self._follow(_follow_items(partition, owed), now_ms)
+        return out + await self.follow(follow_items(partition, owed), now_ms)
 
     async def cancel(self, task_id: int, *, now_ms: int) -> list[TaskEvent]:
         """Fail a PENDING or running task with reason ``cancelled`` (cascading)."""
         partition = await self._partition_of(task_id)
-        [reply] = await self.runner.run([self._call("cancel", partition, now_ms, task_id)])
-        code, record, events, owed = reply
+        [reply] = await self.runner.run([self.call("cancel", partition, now_ms, task_id)])
+        code, flat, events, owed = reply
         if code == "missing":
             raise TaskNotFound(task_id)
         if code == "illegal":
-            raise transitions.IllegalTransition(task_from_flat(record), "fail")
+            raise transitions.IllegalTransition(task_from_flat(flat), "fail")
         out = events_from_reply(events)
-        return out + await self._follow(_follow_items(partition, owed), now_ms)
+        return out + await self.follow(follow_items(partition, owed), now_ms)
 
     async def redrive(self, task_id: int, *, now_ms: int) -> list[TaskEvent]:
         """Put a FAILED task back to PENDING with a fresh retry budget.
@@ -498,12 +426,12 @@ class RedisTaskStore:
         task = await self.get(task_id)
         if task.state is not S.FAILED:
             raise transitions.IllegalTransition(task, "redrive")
-        deps = await self._load_many(task.dependencies)
+        deps = await self.load_many(task.dependencies)
         failed = next((d for d in task.dependencies if deps[d].state in FAILED_ENDS), None)
         waiting = [d for d in dict.fromkeys(task.dependencies) if deps[d].state is not S.COMPLETED]
         [reply] = await self.runner.run(
             [
-                self._call(
+                self.call(
                     "redrive",
                     task.partition,
                     now_ms,
@@ -515,16 +443,18 @@ class RedisTaskStore:
                 )
             ]
         )
-        code, record, events = reply
+        code, flat, events = reply
         if code == "missing":
             raise TaskNotFound(task_id)
         if code == "illegal":
-            raise transitions.IllegalTransition(task_from_flat(record), "redrive")
+            raise transitions.IllegalTransition(task_from_flat(flat), "redrive")
         out = events_from_reply(events)
         if failed is None and waiting:
-            # A dependency may have ended between our read and the redrive: look again.
-            again = await self._load_many(waiting)
-            follow = [
+            # A dependency may have ended between our read and the redrive: look again, and
+            # record what is owed in the outbox first, so a process that dies before applying
+            # it leaves it to the sweeper (the dependency's own script no longer will).
+            again = await self.load_many(waiting)
+            follow: list[FollowUp] = [
                 (
                     task.partition,
                     "r" if t.state is S.COMPLETED else "f",
@@ -535,14 +465,16 @@ class RedisTaskStore:
                 for d, t in again.items()
                 if t.state is S.COMPLETED or t.state in FAILED_ENDS
             ]
-            out += await self._follow(follow, now_ms, outbox=False)
+            if follow:
+                await record(self.runner, self.keys, follow, now_ms)
+                out += await self.follow(follow, now_ms)
         return out
 
     async def sweep(self, *, now_ms: int, worker_ttl_ms: int) -> list[TaskEvent]:
         """Reclaim expired leases, apply deadlines, forget workers silent for ``worker_ttl_ms``."""
         scans = await self.runner.run(
             [
-                self._call("sweep_scan", p, now_ms, self._grace_ms, _SWEEP_LEASES)
+                self.call("sweep_scan", p, now_ms, self._grace_ms, _SWEEP_LEASES)
                 for p in range(self.partitions)
             ],
             write=False,
@@ -551,19 +483,19 @@ class RedisTaskStore:
         owed: list[FollowUp] = []
         calls = []
         for partition, (leases, late, due) in enumerate(scans):
-            owed += _follow_items(partition, _chunks(late, 4))
+            owed += follow_items(partition, chunks(late, 4))
             args: list[str | int] = [self.aging_ms, len(leases) // 3]
-            for task_id, fence, retry_count in _chunks(leases, 3):
+            for task_id, fence, retry_count in chunks(leases, 3):
                 args += [task_id, fence, self._backoff(int(retry_count))]
             if leases or int(due):
-                calls.append(self._call("sweep", partition, now_ms, *args))
+                calls.append(self.call("sweep", partition, now_ms, *args))
         if owed:
-            events += await self._follow(owed, now_ms)
+            events += await self.follow(owed, now_ms)
         follow: list[FollowUp] = []
         for call, (evs, more) in zip(calls, await self.runner.run(calls), strict=True):
             events += events_from_reply(evs)
-            follow += _follow_items(int(call.args[0]), more)
-        events += await self._follow(follow, now_ms)
+            follow += follow_items(int(call.args[0]), more)
+        events += await self.follow(follow, now_ms)
         await self.runner.run(
             [Call("forget", (self.keys.workers_prefix,), (now_ms - worker_ttl_ms,))]
         )
@@ -571,90 +503,15 @@ class RedisTaskStore:
 
     async def stats(self, *, now_ms: int) -> QueueStats:
         """Return depths, oldest pending times and recent processing times."""
-        k = self.keys
-        commands: list[tuple[Any, ...]] = []
-        for p in range(self.partitions):
-            commands += [
-                ("HGETALL", k.depth(p)),
-                ("HGETALL", k.durations(p)),
-                ("SMEMBERS", k.types(p)),
-            ]
-        replies = await self.runner.commands(commands)
-        depths: list[DepthRow] = []
-        means: dict[str, list[tuple[float, int]]] = {}
-        oldest_cmds: list[tuple[Any, ...]] = []
-        oldest_types: list[str] = []
-        for p in range(self.partitions):
-            depth, durations, types = replies[3 * p : 3 * p + 3]
-            for field, count in depth.items():
-                state, priority, task_type = depth_key(field)
-                depths.append(DepthRow(task_type, priority, p, state, int(count)))
-            for task_type in types:
-                if task_type in durations:
-                    samples = int(durations.get(f"{task_type}#n", "1"))
-                    weight = min(samples, DURATION_WINDOW)
-                    means.setdefault(task_type, []).append((float(durations[task_type]), weight))
-                oldest_cmds.append(("ZRANGE", k.pending(p, task_type), 0, 0, "WITHSCORES"))
-                oldest_types.append(task_type)
-        oldest: dict[str, int] = {}
-        for task_type, reply in zip(
-            oldest_types, await self.runner.commands(oldest_cmds), strict=True
-        ):
-            if reply:
-                score = int(float(reply[0][1]))
-                oldest[task_type] = min(oldest.get(task_type, score), score)
-        recent = {
-            t: sum(m * w for m, w in parts) / sum(w for _, w in parts) / 1000
-            for t, parts in sorted(means.items())
-        }
-        return QueueStats(depths=depths, oldest_pending_ms=oldest, recent_processing_s=recent)
+        return await redis_report.stats(self)
 
     async def workers(self, *, now_ms: int) -> list[WorkerInfo]:
         """Return the workers seen and not yet forgotten."""
-        commands: list[tuple[Any, ...]] = [("HGETALL", self.keys.workers)]
-        commands += [("HGETALL", self.keys.holders(p)) for p in range(self.partitions)]
-        replies = await self.runner.commands(commands)
-        holding: dict[str, int] = {}
-        for holders in replies[1:]:
-            for worker, count in holders.items():
-                holding[worker] = holding.get(worker, 0) + int(count)
-        out = []
-        for worker, raw in sorted(replies[0].items()):
-            info = orjson.loads(raw)
-            out.append(
-                WorkerInfo(
-                    worker_id=worker,
-                    group=info["g"],
-                    task_types=frozenset(orjson.loads(info["t"])),
-                    concurrency=int(info["c"]),
-                    first_seen_ms=int(info["f"]),
-                    last_seen_ms=int(info["l"]),
-                    holding=holding.get(worker, 0),
-                )
-            )
-        return out
+        return await redis_report.workers(self)
 
-    # -- implementation ---------------------------------------------------------------------
+    # -- follow-ups -------------------------------------------------------------------------
 
-    def _backoff(self, retry_count: int) -> int:
-        return self.policy.delay_ms(retry_count + 1, self._rng)
-
-    def _register(
-        self,
-        worker_id: str,
-        group: str,
-        task_types: frozenset[str],
-        concurrency: int | None,
-        now_ms: int,
-    ) -> Call:
-        types = orjson.dumps(sorted(task_types)).decode()
-        return Call(
-            "register",
-            (self.keys.workers_prefix,),
-            (now_ms, worker_id, group, types, "" if concurrency is None else concurrency),
-        )
-
-    async def _follow(
+    async def follow(
         self, items: Sequence[FollowUp], now_ms: int, *, outbox: bool = True
     ) -> list[TaskEvent]:
         """Apply cross-partition follow-ups (and those they cause); return the events.
@@ -666,197 +523,14 @@ class RedisTaskStore:
                 are removed from it once applied).
         """
         events: list[TaskEvent] = []
+        if not items:
+            return events
         try:
-            await self._follow_all(items, now_ms, outbox, events)
+            await apply_all(self.runner, self.keys, items, now_ms, outbox=outbox, events=events)
         except Unavailable as exc:
             # Recorded in the outboxes: the sweeper applies them after outbox_grace_ms.
             _log.warning("cross-partition follow-ups left to the sweeper", error=str(exc))
         return events
 
-    async def _follow_all(
-        self, items: Sequence[FollowUp], now_ms: int, outbox: bool, events: list[TaskEvent]
-    ) -> None:
-        while items:
-            by_target: dict[int, list[str]] = {}
-            for _, kind, target, child, parent in items:
-                by_target.setdefault(target, []).extend((kind, child, parent))
-            calls = [
-                self._call("apply", target, now_ms, len(args) // 3, *args)
-                for target, args in sorted(by_target.items())
-            ]
-            replies = await self.runner.run(calls)
-            if outbox:
-                await self.runner.commands(
-                    [
-                        ("HDEL", self.keys.outbox(source), f"{kind}|{target}|{child}|{parent}")
-                        for source, kind, target, child, parent in items
-                    ],
-                    write=True,
-                )
-            nxt: list[FollowUp] = []
-            for call, (evs, more) in zip(calls, replies, strict=True):
-                events += events_from_reply(evs)
-                nxt += _follow_items(int(call.args[0]), more)
-            items, outbox = nxt, True
-
-    def _check_batch(self, batch: Sequence[Task]) -> None:
-        ids: set[int] = set()
-        for task in batch:
-            if task.state is not S.PENDING:
-                raise InvalidInput(
-                    f"task {task.id} is {task.state.value}, not PENDING", field="state"
-                )
-            if not 0 <= task.partition < self.partitions:
-                raise InvalidInput(
-                    f"task {task.id} has partition {task.partition}, not in [0, {self.partitions})",
-                    field="partition",
-                )
-            if task.id in ids:
-                raise Conflict(f"task {task.id} appears twice in the batch", field="id")
-            ids.add(task.id)
-
-    async def _submit_once(
-        self, batch: list[Task], now_ms: int
-    ) -> tuple[list[Task], list[TaskEvent]] | None:
-        """One attempt at a submit; None if an idempotency key was taken meanwhile."""
-        stored_by_key, dangling = await self._stored_keys(batch)
-        twins = split_twins(batch, stored_by_key)
-        new = twins.new
-        if not new:
-            return [twins.stored[twins.twin_of[t.id]] for t in batch], []
-        new_ids = {t.id for t in new}
-        deps = await self._validate(new, new_ids)
-        states = {d: t.state for d, t in deps.items()}
-        final = {t.id: t for t in new}
-        events = [submitted_event(t, now_ms) for t in new]
-        for task_id, dependency in doomed(new, new_ids, states):
-            failed, event = transitions.fail_final(
-                final[task_id],
-                reason=Reason.DEPENDENCY_FAILED,
-                message=f"dependency {dependency} failed",
-                now_ms=now_ms,
-            )
-            final[task_id] = failed
-            events.append(event)
-        reserve = [
-            str(x)
-            for t in new
-            if t.idempotency_key is not None
-            for x in (t.idempotency_key, t.id, dangling.get(t.idempotency_key, ""))
-        ]
-        if reserve:
-            [taken] = await self.runner.run(
-                [Call("idempotency", (self.keys.idempotency,), ("reserve", *reserve))]
-            )
-            if taken:
-                return None
-        try:
-            events += await self._write_new(list(final.values()), deps, new_ids, now_ms)
-        except BaseException:
-            if reserve:
-                with contextlib.suppress(Unavailable):
-                    pairs = [x for i, x in enumerate(reserve) if i % 3 != 2]
-                    await self.runner.run(
-                        [Call("idempotency", (self.keys.idempotency,), ("release", *pairs))]
-                    )
-            raise
-        stored = await self._load_many(final) if len(events) > len(new) else {}
-        out = [
-            stored.get(i) or final.get(i) or twins.stored[i]
-            for i in (twins.twin_of.get(t.id, t.id) for t in batch)
-        ]
-        return out, events
-
-    async def _stored_keys(self, batch: list[Task]) -> tuple[dict[str, Task], dict[str, str]]:
-        """Return the stored tasks holding the batch's idempotency keys, and keys held by
-        ids with no task (left by a submit that died: free to take over)."""
-        keys = list(dict.fromkeys(t.idempotency_key for t in batch if t.idempotency_key))
-        stored_by_key: dict[str, Task] = {}
-        dangling: dict[str, str] = {}
-        if keys:
-            holders = await self.runner.commands([("HMGET", self.keys.idempotency, *keys)])
-            held = {k: int(v) for k, v in zip(keys, holders[0], strict=True) if v is not None}
-            found = await self._load_many(held.values())
-            for key, task_id in held.items():
-                if task_id in found:
-                    stored_by_key[key] = found[task_id]
-                else:
-                    dangling[key] = str(task_id)
-        return stored_by_key, dangling
-
-    async def _validate(self, new: list[Task], new_ids: set[int]) -> dict[int, Task]:
-        """Check dependencies, cycles and ids of the new tasks; return the stored dependencies."""
-        outside = {d for t in new for d in t.dependencies if d not in new_ids}
-        deps = await self._load_many(outside) if outside else {}
-        for task in new:
-            for dependency in task.dependencies:
-                if dependency not in new_ids and dependency not in deps:
-                    raise UnknownDependency(task.id, dependency)
-        cycle = find_cycle({t.id: t.dependencies for t in new if t.dependencies})
-        if cycle is not None:
-            raise DependencyCycle(cycle)
-        clash = await self._load_many(new_ids)
-        if clash:
-            raise Conflict(f"task {min(clash)} already exists", field="id")
-        return deps
-
-    async def _write_new(
-        self, tasks: list[Task], deps: dict[int, Task], new_ids: set[int], now_ms: int
-    ) -> list[TaskEvent]:
-        """Write the directory, then each partition's tasks, then cross-partition edges."""
-        part_of = {t.id: t.partition for t in tasks}
-        part_of.update({d: t.partition for d, t in deps.items()})
-        await self.runner.commands(
-            [("HSET", self.keys.directory(t.id), str(t.id), t.partition) for t in tasks],
-            write=True,
-        )
-        for task in tasks:
-            self._remember(task.id, task.partition)
-        per_partition: dict[int, list[str | int]] = {}
-        links: dict[int, list[str | int]] = {}
-        for task in tasks:
-            fields = task_fields(task, aging_ms=self.aging_ms)
-            distinct = list(dict.fromkeys(task.dependencies))
-            wait = [
-                d
-                for d in distinct
-                if task.state is S.PENDING and (d in new_ids or deps[d].state is not S.COMPLETED)
-            ]
-            here = [d for d in distinct if part_of[d] == task.partition]
-            args = per_partition.setdefault(task.partition, [])
-            args += [task.id, len(fields) // 2, *fields, len(wait), *wait, len(here), *here]
-            for d in distinct:
-                if part_of[d] != task.partition:
-                    links.setdefault(part_of[d], []).extend((d, task.id, task.partition))
-        calls = [
-            self._call("submit", p, now_ms, sum(1 for t in tasks if t.partition == p), *args)
-            for p, args in sorted(per_partition.items())
-        ]
-        events: list[TaskEvent] = []
-        follow: list[FollowUp] = []
-        for call, reply in zip(calls, await self.runner.run(calls), strict=True):
-            partition = int(call.args[0])
-            if reply[0] == "exists":
-                raise Conflict(f"task {reply[1]} already exists", field="id")
-            events += events_from_reply(reply[1])
-            follow += _follow_items(partition, reply[2])
-        link_calls = [
-            self._call("link", p, now_ms, len(args) // 3, *args)
-            for p, args in sorted(links.items())
-        ]
-        for call, owed in zip(link_calls, await self.runner.run(link_calls), strict=True):
-            follow += _follow_items(int(call.args[0]), owed)
-        return events + await self._follow(follow, now_ms)
-
-
-def _peek(reply: list[Any]) -> Peek:
-    heads = tuple((int(reply[i]), int(reply[i + 1])) for i in range(1, len(reply), 2))
-    return Peek(int(reply[0]), heads)
-
-
-def _chunks(flat: Sequence[Any], size: int) -> list[tuple[Any, ...]]:
-    return [tuple(flat[i : i + size]) for i in range(0, len(flat), size)]
-
-
-def _follow_items(source: int, owed: Iterable[Sequence[Any]]) -> list[FollowUp]:
-    return [(source, kind, int(target), child, parent) for kind, target, child, parent in owed]
+    def _backoff(self, retry_count: int) -> int:
+        return self.policy.delay_ms(retry_count + 1, self._rng)

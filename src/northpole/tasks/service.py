@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from northpole.bus.port import EventBus
 from northpole.core.app import Readiness
 from northpole.core.clock import Clock
-from northpole.core.errors import InvalidInput, Unavailable
+from northpole.core.errors import InvalidInput, NorthpoleError, Unavailable
 from northpole.core.logging import get_logger
 from northpole.core.settings import TaskSettings
 from northpole.tasks.metrics import TaskMetrics
@@ -27,6 +27,7 @@ from northpole.tasks.model import Reason, Task, TaskEvent, TaskSpec, TaskState
 from northpole.tasks.scheduler import desired_workers, partition_of
 from northpole.tasks.store import (
     Claim,
+    CompleteRequest,
     Heartbeat,
     HeartbeatAnswer,
     QueueStats,
@@ -258,6 +259,25 @@ class TaskService:
         )
         self._publish(events)
         return events[-1].new_state if events else TaskState.COMPLETED
+
+    async def complete_many(
+        self, items: Sequence[CompleteRequest]
+    ) -> list[TaskState | NorthpoleError]:
+        """Record the success of many attempts at once; per item, the new state or the error
+        (a stale fence, an unknown task) that refused it."""
+        if not items:
+            return []
+        outcomes = await self.store.complete_many(items, now_ms=self.clock.now_ms())
+        out: list[TaskState | NorthpoleError] = []
+        events: list[TaskEvent] = []
+        for outcome in outcomes:
+            if isinstance(outcome, NorthpoleError):
+                out.append(outcome)
+            else:
+                events += outcome
+                out.append(outcome[-1].new_state if outcome else TaskState.COMPLETED)
+        self._publish(events)
+        return out
 
     async def fail(
         self,

@@ -113,6 +113,8 @@ from northpole.tasks.sqlite_schema import (
 )
 from northpole.tasks.store import (
     Claim,
+    CompleteOutcome,
+    CompleteRequest,
     DependencyCycle,
     DepthRow,
     Heartbeat,
@@ -328,29 +330,62 @@ class SqliteTaskStore:
         self, task_id: int, *, worker_id: str, fence: int, result: str | None, now_ms: int
     ) -> list[TaskEvent]:
         """Record success (releases dependents)."""
+        return await self._write(
+            lambda conn: self._complete(conn, task_id, worker_id, fence, result, now_ms)
+        )
 
-        def run(conn: sqlite3.Connection) -> list[TaskEvent]:
-            task, claimed_ms = _load(conn, task_id)
-            steps = transitions.complete(
-                task, worker_id=worker_id, fence=fence, now_ms=now_ms, result=result
-            )
-            done = steps[-1][0]
-            self._save(conn, [done])
-            _release_dependents(conn, task_id)
-            began = task.started_ms if task.state is S.IN_PROGRESS else claimed_ms
-            if began is not None:
-                conn.execute(
-                    RECORD_DURATION,
-                    {
-                        "type": task.task_type,
-                        "ms": max(0, now_ms - began),
-                        "now": now_ms,
-                        "window": DURATION_WINDOW,
-                    },
-                )
-            return [event for _, event in steps]
+    async def complete_many(
+        self, items: Sequence[CompleteRequest], *, now_ms: int
+    ) -> list[CompleteOutcome]:
+        """Record many successes in one transaction; per item, its events or its error.
+
+        An item refused (no such task, a stale fence) is refused before it writes
+        anything, so the others of the call still commit.
+        """
+
+        def run(conn: sqlite3.Connection) -> list[CompleteOutcome]:
+            out: list[CompleteOutcome] = []
+            for item in items:
+                try:
+                    out.append(
+                        self._complete(
+                            conn, item.task_id, item.worker_id, item.fence, item.result, now_ms
+                        )
+                    )
+                except (TaskNotFound, transitions.StaleFence) as exc:
+                    out.append(exc)
+            return out
 
         return await self._write(run)
+
+    def _complete(
+        self,
+        conn: sqlite3.Connection,
+        task_id: int,
+        worker_id: str,
+        fence: int,
+        result: str | None,
+        now_ms: int,
+    ) -> list[TaskEvent]:
+        task, claimed_ms = _load(conn, task_id)
+        steps = transitions.complete(
+            task, worker_id=worker_id, fence=fence, now_ms=now_ms, result=result
+        )
+        done = steps[-1][0]
+        self._save(conn, [done])
+        _release_dependents(conn, task_id)
+        began = task.started_ms if task.state is S.IN_PROGRESS else claimed_ms
+        if began is not None:
+            conn.execute(
+                RECORD_DURATION,
+                {
+                    "type": task.task_type,
+                    "ms": max(0, now_ms - began),
+                    "now": now_ms,
+                    "window": DURATION_WINDOW,
+                },
+            )
+        return [event for _, event in steps]
 
     async def fail(
         self,

@@ -24,6 +24,10 @@ Semantics every implementation keeps:
   aging). The worker's own partitions (rendezvous over its group's live
   workers) come first; if they have nothing, it steals from the deepest other
   partitions.
+* **complete_many** applies many completions in one call (fewer round trips
+  and one transaction where the store has them); each item succeeds or fails
+  on its own, exactly as :meth:`complete` would, and a failed item is
+  returned as its error, never raised.
 * **complete / fail / start** need the holder's ``worker_id`` and ``fence``
   (else :class:`~northpole.tasks.transitions.StaleFence`), so a worker whose
   lease was taken away cannot complete: a task is COMPLETED at most once.
@@ -48,7 +52,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from northpole.core.errors import InvalidInput, NotFound
+from northpole.core.errors import InvalidInput, NorthpoleError, NotFound
 from northpole.tasks.model import Reason, Task, TaskEvent, TaskState
 
 
@@ -97,6 +101,27 @@ class Claim:
     task_types: frozenset[str] = frozenset()
     limit: int = 1
     lease_ms: int = 30_000
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteRequest:
+    """One completion of a :meth:`TaskStore.complete_many` call.
+
+    Attributes:
+        task_id: The task.
+        worker_id: Its holder.
+        fence: The fence of the holder's assignment.
+        result: What the handler returned, if anything.
+    """
+
+    task_id: int
+    worker_id: str
+    fence: int
+    result: str | None = None
+
+
+#: What :meth:`TaskStore.complete_many` answers per item: the events, or the error.
+CompleteOutcome = list[TaskEvent] | NorthpoleError
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +230,12 @@ class TaskStore(Protocol):
         self, task_id: int, *, worker_id: str, fence: int, result: str | None, now_ms: int
     ) -> list[TaskEvent]:
         """Record success (releases dependents)."""
+        ...
+
+    async def complete_many(
+        self, items: Sequence[CompleteRequest], *, now_ms: int
+    ) -> list[CompleteOutcome]:
+        """Record many successes; per item, its events or its error (never raised)."""
         ...
 
     async def fail(

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from northpole.core.errors import InvalidInput
 from northpole.tasks.model import Task, TaskState
 from northpole.tasks.redis_codec import (
+    HEAD_FIELDS,
     depth_key,
     event_from_reply,
     task_fields,
@@ -128,6 +129,15 @@ def test_none_fields_are_left_out_and_empty_strings_kept() -> None:
     assert "fi" not in names
     assert fields[fields.index("re") + 1] == ""
     assert set(names) <= set(FIELDS.values())
+
+
+def test_the_fixed_fields_lead_in_the_order_the_submit_script_reads_them() -> None:
+    """The first 14 pairs are HEAD_FIELDS in order, whatever optional fields a task has."""
+    bare = task_fields(_task(deadline_ms=None, metadata={}, idempotency_key=None), aging_ms=1)
+    full = task_fields(_task(deadline_ms=99, worker_id="w", result="r"), aging_ms=1)
+    for fields in (bare, full):
+        assert tuple(fields[0:28:2]) == HEAD_FIELDS
+    assert "dl" in full[28::2]
 
 
 def test_the_stored_sched_key_is_the_scheduler_s() -> None:

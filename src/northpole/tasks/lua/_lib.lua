@@ -257,12 +257,24 @@ local function heads(types, limit)
       all[#all + 1] = {tonumber(got[i + 1]), got[i]}
     end
   end
-  table.sort(all, function(a, b)
+  local function before(a, b)
     if a[1] ~= b[1] then
       return a[1] < b[1]
     end
     return by_id(a[2], b[2])
-  end)
+  end
+  -- One queue comes sorted by (sk, id as text), which is claim order unless two ids of one
+  -- score differ in length: sort only then, or when several queues are merged.
+  local sorted = #types <= 1
+  for i = 2, #all do
+    if not sorted then
+      break
+    end
+    sorted = not before(all[i], all[i - 1])
+  end
+  if not sorted then
+    table.sort(all, before)
+  end
   local out = {}
   for i = 1, math.min(limit, #all) do
     out[i] = all[i]

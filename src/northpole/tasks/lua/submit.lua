@@ -2,72 +2,104 @@
 --
 -- KEYS[1]  partition prefix "<ns>:{p<N>}:" (keys: see _lib.lua): writes t:<id>, wait:<id>,
 --          deps:<dep> of dependencies in this partition, types, depth, the state indexes.
--- ARGV[1]  partition number        ARGV[2]  now (ms)        ARGV[3]  number of tasks T
--- then per task:
---   id, F, F field/value pairs (the whole record),
---   W, W dependency ids not COMPLETED when the caller read them (PENDING tasks only),
---   L, L dependency ids that live in this partition (edges registered here)
+-- ARGV[1]  partition number        ARGV[2]  now (ms)
+-- ARGV[3]  the tasks as one JSON array (every value a string), one item per task:
+--          [id, [field, value, ...] (the whole record: 14 fixed pairs first, in the order of
+--           redis_codec.HEAD_FIELDS, then the optional ones),
+--           [dependency ids not COMPLETED when the caller read them] (PENDING tasks only),
+--           [dependency ids that live in this partition] (edges registered here)]
 -- Returns {"exists", id} (and writes nothing) if a task id is already stored, else
 -- {"ok", events, follow-ups}: a PENDING task whose dependency here turned FAILED or EXPIRED
 -- since the caller read it is failed here (events), with its cascade.
+--
+-- The index writes are batched: one ZADD per queue and one HINCRBY per depth counter for
+-- the whole call, not one per task.
 
-local count_tasks = tonumber(ARGV[3])
+local items = cjson.decode(ARGV[3])
+
+for _, item in ipairs(items) do
+  if redis.call('EXISTS', tkey(item[1])) == 1 then
+    return {'exists', item[1]}
+  end
+end
+
 local tasks = {}
-local pos = 4
-for i = 1, count_tasks do
-  local task = {id = ARGV[pos]}
-  local nfields = tonumber(ARGV[pos + 1])
-  task.fields = {}
-  for j = 0, 2 * nfields - 1 do
-    task.fields[#task.fields + 1] = ARGV[pos + 2 + j]
+for i, item in ipairs(items) do
+  local id, fields, wait = item[1], item[2], item[3]
+  redis.call('HSET', tkey(id), unpack(fields))
+  -- y, p, s, a and sk by position (redis_codec.HEAD_FIELDS); dl among the optional pairs.
+  local t = {id = id, nwait = #wait, y = fields[6], p = fields[8], s = fields[14],
+    a = fields[20], sk = fields[28]}
+  for j = 29, #fields, 2 do
+    if fields[j] == 'dl' then
+      t.dl = fields[j + 1]
+    end
   end
-  pos = pos + 2 + 2 * nfields
-  local nwait = tonumber(ARGV[pos])
-  task.wait = {}
-  for j = 1, nwait do
-    task.wait[j] = ARGV[pos + j]
+  if #wait > 0 then
+    redis.call('SADD', PFX .. 'wait:' .. id, unpack(wait))
   end
-  pos = pos + 1 + nwait
-  local nlocal = tonumber(ARGV[pos])
-  task.deps = {}
-  for j = 1, nlocal do
-    task.deps[j] = ARGV[pos + j]
-  end
-  pos = pos + 1 + nlocal
-  tasks[i] = task
-end
-
-for _, task in ipairs(tasks) do
-  if redis.call('EXISTS', tkey(task.id)) == 1 then
-    return {'exists', task.id}
-  end
-end
-
-for _, task in ipairs(tasks) do
-  redis.call('HSET', tkey(task.id), unpack(task.fields))
-  if #task.wait > 0 then
-    redis.call('SADD', PFX .. 'wait:' .. task.id, unpack(task.wait))
-  end
+  tasks[i] = t
 end
 
 local fixes = {}
-for _, task in ipairs(tasks) do
-  for _, dep in ipairs(task.deps) do
-    redis.call('SADD', PFX .. 'deps:' .. dep, task.id .. '|' .. PART)
+for i, item in ipairs(items) do
+  local t = tasks[i]
+  for _, dep in ipairs(item[4]) do
+    redis.call('SADD', PFX .. 'deps:' .. dep, t.id .. '|' .. PART)
     local state = redis.call('HGET', tkey(dep), 's')
     if state == 'COMPLETED' then
-      redis.call('SREM', PFX .. 'wait:' .. task.id, dep)
+      t.nwait = t.nwait - redis.call('SREM', PFX .. 'wait:' .. t.id, dep)
     elseif state == 'FAILED' or state == 'EXPIRED' then
-      fixes[#fixes + 1] = {task.id, dep}
+      fixes[#fixes + 1] = {t.id, dep}
     end
   end
 end
 
-for _, task in ipairs(tasks) do
-  local t = load(task.id)
-  redis.call('SADD', PFX .. 'types', t.y)
-  index(t)
-  count(t, 1)
+-- Index: gather the members of each sorted set and the counter deltas, then write them.
+local zsets, zorder, counts, corder, types = {}, {}, {}, {}, {}
+local function zadd(key, score, member)
+  local z = zsets[key]
+  if not z then
+    z = {}
+    zsets[key] = z
+    zorder[#zorder + 1] = key
+  end
+  z[#z + 1] = score
+  z[#z + 1] = member
+end
+for _, t in ipairs(tasks) do
+  if t.s == 'PENDING' then
+    if t.nwait <= 0 then
+      if tonumber(t.a) <= NOW then
+        zadd(PFX .. 'ready:' .. t.y, t.sk, t.id)
+      else
+        zadd(PFX .. 'delayed', t.a, t.id)
+      end
+    end
+    zadd(PFX .. 'pend:' .. t.y, t.a, t.id)
+    if t.dl then
+      zadd(PFX .. 'deadlines', t.dl, t.id)
+    end
+  end
+  local field = t.s .. '|' .. t.p .. '|' .. t.y
+  if not counts[field] then
+    counts[field] = 0
+    corder[#corder + 1] = field
+  end
+  counts[field] = counts[field] + 1
+  if not types[t.y] then
+    types[t.y] = true
+    redis.call('SADD', PFX .. 'types', t.y)
+  end
+end
+for _, key in ipairs(zorder) do
+  local z = zsets[key]
+  for first = 1, #z, 1000 do
+    redis.call('ZADD', key, unpack(z, first, math.min(first + 999, #z)))
+  end
+end
+for _, field in ipairs(corder) do
+  redis.call('HINCRBY', PFX .. 'depth', field, counts[field])
 end
 
 local events, follow = {}, {}
