@@ -14,9 +14,11 @@ import typer
 from rich.console import Console
 
 from northpole.cli import (
+    demo_commands,
     exchange_commands,
     id_commands,
     keys_commands,
+    matcher_commands,
     serve_commands,
     services_commands,
     token_commands,
@@ -34,6 +36,7 @@ app = typer.Typer(
 )
 app.command("up")(serve_commands.up)
 app.command("worker")(worker_commands.worker)
+app.command("demo")(demo_commands.demo)
 idgen_app = typer.Typer(help="The Gift ID service.", no_args_is_help=True)
 idgen_app.command("serve")(serve_commands.idgen_serve)
 app.add_typer(idgen_app, name="idgen")
@@ -41,6 +44,7 @@ app.add_typer(id_commands.app, name="id")
 app.add_typer(token_commands.app, name="token")
 app.add_typer(exchange_commands.app, name="exchange")
 app.add_typer(keys_commands.app, name="keys")
+app.add_typer(matcher_commands.app, name="matcher")
 app.command("services")(services_commands.services)
 
 

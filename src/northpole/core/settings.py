@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from northpole.coord.settings import CoordSettings
+from northpole.exchange.replica_settings import ReplicaSettings
 from northpole.exchange.settings import ExchangeSettings
 
 #: 2025-01-01T00:00:00Z in Unix milliseconds: the default Gift ID epoch.
@@ -124,6 +125,7 @@ class Settings(BaseSettings):
     idgen: IdGenSettings = IdGenSettings()
     tasks: TaskSettings = TaskSettings()
     exchange: ExchangeSettings = ExchangeSettings()
+    matcher: ReplicaSettings = ReplicaSettings()
     bus: BusSettings = BusSettings()
     coord: CoordSettings = CoordSettings()
 
