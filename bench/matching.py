@@ -12,17 +12,21 @@ numpy and scipy (about 60 MiB) and the case's input. Cases (``--only`` takes
 a name or a prefix, and may be repeated):
 
 ``dense.scipy.n<N>``, ``dense.ours.n<N>`` (N = 1,000, 5,000, 10,000)
-    The same seeded random matrix of integer costs in ``[0, 100)``: plain
+    The same seeded random matrix of integer costs in ``[0, 1000)`` (the
+    matcher's own costs are small integers too, with many ties): plain
     :func:`scipy.optimize.linear_sum_assignment`, then the matcher's dense
     solver (:func:`northpole.exchange.solvers.solve_matrix`: secret random
-    relabelling, plus exact random tie-breakers up to n = 2,000). ``ratio``
+    relabelling, plus exact random tie-breakers up to n = 500). ``ratio``
     on ours is its time over scipy's; both report ``cost``, which must be
     equal (both are optimal). Target (ours, 10,000): under 5 s.
 ``dense.curve.n<N>`` (N = 250, 500, 1,000, 2,000, 4,000, 8,000)
-    The dense solver on random real costs in ``[0, 1)`` (the hard case for
-    shortest augmenting paths), then ``dense.curve.fit``: the exponent ``b``
-    of ``seconds = a * n^b`` fitted by least squares on log-log, from n = 1,000
-    up (smaller sizes are dominated by fixed costs).
+    scipy's dense solver on random real costs in ``[0, 1)`` (the hard case
+    for augmenting paths: no ties), then ``dense.curve.fit``: the exponent
+    ``b`` of ``seconds = a * n^b`` fitted by least squares on log-log, from
+    n = 1,000 up (smaller sizes are dominated by fixed costs).
+``dense.curve_ours.n<N>``
+    The matcher's dense solver on the integer matrices of ``dense.ours`` at the
+    sizes that case does not cover, and ``dense.curve_ours.fit`` over both.
 ``match.dense.n<N>`` (N = 1,000, 5,000)
     :func:`~northpole.exchange.matching.match` end to end on one region of N
     people with 5 random wishes each and no budget tolerance (a dense graph).
@@ -81,8 +85,8 @@ WISHES = 5
 
 
 def random_matrix(n: int) -> np.ndarray:  # type: ignore[type-arg]
-    """Seeded integer costs in [0, 100)."""
-    return np.random.default_rng(SEED + n).integers(0, 100, size=(n, n), dtype=np.int64)
+    """Seeded integer costs in [0, 1000)."""
+    return np.random.default_rng(SEED + n).integers(0, 1000, size=(n, n), dtype=np.int64)
 
 
 def banded(n: int, *, household: bool = False) -> tuple[list[Participant], Rules]:
@@ -151,12 +155,21 @@ def case_dense_ours(n: int) -> dict[str, Any]:
 
 
 def case_dense_curve(n: int) -> dict[str, Any]:
-    """The dense solver on random real costs."""
+    """scipy's dense solver on random real costs (the hard case)."""
     from scipy.optimize import linear_sum_assignment
 
     cost = np.random.default_rng(SEED + n).random((n, n))
     _, seconds = timed(lambda: linear_sum_assignment(cost))
-    return case_record(f"dense.curve.n{n}", n, seconds, costs="uniform [0, 1)")
+    return case_record(f"dense.curve.n{n}", n, seconds, solver="scipy", costs="uniform real [0, 1)")
+
+
+def case_dense_curve_ours(n: int) -> dict[str, Any]:
+    """The matcher's dense solver on random integer costs."""
+    cost = random_matrix(n)
+    _, seconds = timed(lambda: solve_matrix(cost, random.Random(SEED)))
+    return case_record(
+        f"dense.curve_ours.n{n}", n, seconds, solver="ours", costs="integers [0, 1000)"
+    )
 
 
 def case_match_dense(n: int) -> dict[str, Any]:
@@ -193,6 +206,7 @@ CASES: dict[str, Callable[[int], dict[str, Any]]] = {
     "dense.scipy": case_dense_scipy,
     "dense.ours": case_dense_ours,
     "dense.curve": case_dense_curve,
+    "dense.curve_ours": case_dense_curve_ours,
     "match.dense": case_match_dense,
     "match.sparse": case_match_sparse,
     "explain.witness": case_witness,
@@ -211,6 +225,7 @@ def plan(quick: bool) -> list[tuple[str, int]]:
     for n in dense:
         out += [("dense.scipy", n), ("dense.ours", n)]
     out += [("dense.curve", n) for n in curve]
+    out += [("dense.curve_ours", n) for n in curve if n not in dense]
     out += [("match.dense", n) for n in e2e]
     out += [("match.sparse", n) for n in sparse]
     out.append(("explain.witness", sparse[-1]))
@@ -237,13 +252,13 @@ def spawn(kind: str, n: int, timeout_s: float) -> dict[str, Any]:
     return record
 
 
-def fit_exponent(points: list[tuple[int, float]]) -> dict[str, Any]:
+def fit_exponent(case: str, points: list[tuple[int, float]]) -> dict[str, Any]:
     """Fit ``seconds = a * n^b`` on log-log by least squares."""
     xs = np.log([p[0] for p in points])
     ys = np.log([p[1] for p in points])
     b, log_a = np.polyfit(xs, ys, 1)
     return {
-        "case": "dense.curve.fit",
+        "case": case,
         "n": points[-1][0],
         "exponent": round(float(b), 2),
         "coefficient": float(math.exp(log_a)),
@@ -300,12 +315,19 @@ def main(argv: list[str] | None = None) -> int:
             record["ratio_to_scipy"] = ratio(record["seconds"], scipy_s)
         results.append(record)
         emit(record)
-    curve = [(r["n"], r["seconds"]) for r in results if r["case"].startswith("dense.curve")]
-    fit_points = [p for p in curve if p[0] >= 1_000]
-    if len(fit_points) >= 2:
-        fit = fit_exponent(fit_points)
-        emit(fit)
-        console.print(f"dense.curve: seconds ~ n^{fit['exponent']} (from n >= 1,000)")
+    for prefix, cases in (
+        ("dense.curve", ("dense.curve.",)),
+        ("dense.curve_ours", ("dense.curve_ours.", "dense.ours.")),
+    ):
+        points = sorted(
+            (r["n"], r["seconds"])
+            for r in results
+            if r["case"].startswith(cases) and r["n"] >= 1_000
+        )
+        if len(points) >= 2:
+            fit = fit_exponent(f"{prefix}.fit", points)
+            emit(fit)
+            console.print(f"{prefix}: seconds ~ n^{fit['exponent']} (from n >= 1,000)")
     finish(results)
     return 1 if failed else 0
 

@@ -2,8 +2,12 @@
 
 Two solvers, chosen by the graph's shape:
 
-* dense: :func:`scipy.optimize.linear_sum_assignment` (shortest augmenting
-  paths, ``O(n^3)``) on the cost matrix, ``inf`` where a gift is not allowed;
+* dense: LAPJV (Jonker-Volgenant, ``O(n^3)``, from the ``lap`` package) on the
+  cost matrix, a prohibitive cost where a gift is not allowed; it solves the
+  same problem as :func:`scipy.optimize.linear_sum_assignment` several times
+  faster on these matrices (``bench/matching.py`` measures both), but only
+  with values below :data:`LAPJV_SAFE`, so matrices with random tie-breakers
+  go to scipy's solver (see :func:`assign`);
 * sparse: :func:`scipy.sparse.csgraph.min_weight_full_bipartite_matching`
   (LAPJVsp) on the CSR graph; above :data:`BLOCK` people, in blocks of
   consecutive labels (budget order), which keeps its augmenting paths short
@@ -27,6 +31,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+import lap  # type: ignore[import-untyped]
 import numpy as np
 import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
@@ -36,6 +41,7 @@ from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from northpole.exchange.candidates import Graph
 
 IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
 
 #: Exactness bound of float64 sums used by the solvers.
@@ -44,7 +50,9 @@ _EXACT = 1 << 52
 _MAX_R = 1 << 20
 #: Largest dense shard that also gets random tie-breakers (they slow the solver
 #: down, because ties make its augmenting paths short).
-PERTURB_DENSE_MAX = 2_000
+PERTURB_DENSE_MAX = 500
+#: Largest value (forbidden entries included) handed to LAPJV.
+LAPJV_SAFE = 500_000.0
 #: Sparse shards above this size are solved in blocks of this many labels.
 BLOCK = 50_000
 
@@ -66,7 +74,44 @@ def tie_range(n: int, max_cost: int) -> int:
     """Return ``R``, the tie-breaker range that keeps every sum exact (1: no tie-breakers)."""
     if n <= 1:
         return 1
-    return max(1, min(_MAX_R, _EXACT // (n * n * (max_cost + 2))))
+    # n^3: a dense matrix also holds forbidden entries worth n times the largest cost.
+    return max(1, min(_MAX_R, _EXACT // (n * n * n * (max_cost + 2))))
+
+
+def assign(weights: FloatArray, forbidden: BoolArray | None) -> IntArray | None:
+    """Solve a dense problem: ``succ[row]``, or ``None`` if no allowed perfect matching.
+
+    ``weights`` holds non-negative integers (as floats) and is modified. When
+    every value, a forbidden entry's included, stays under :data:`LAPJV_SAFE`,
+    LAPJV solves it: a forbidden entry becomes ``n * max + 1``, more than any
+    matching of allowed entries costs, so the optimum uses one only when no
+    allowed perfect matching exists. LAPJV compares against a fixed large
+    constant inside, so with bigger values (the random tie-breakers) scipy's
+    solver runs instead, ``inf`` marking the forbidden entries.
+    """
+    n = int(weights.shape[0])
+    mask = forbidden if forbidden is not None and bool(forbidden.any()) else None
+    if mask is not None:
+        fill = n * float(np.max(weights, where=~mask, initial=0.0)) + 1
+    else:
+        fill = float(weights.max(initial=0.0))
+    if fill < LAPJV_SAFE:
+        if mask is not None:
+            weights[mask] = fill
+        _, x, _ = lap.lapjv(weights)
+        succ = np.asarray(x, dtype=np.int64)
+        if mask is not None and mask[np.arange(n), succ].any():
+            return None
+        return succ
+    if mask is not None:
+        weights[mask] = np.inf
+    try:
+        rows, cols = linear_sum_assignment(weights)
+    except ValueError:  # "cost matrix is infeasible"
+        return None
+    succ = np.empty(n, dtype=np.int64)
+    succ[rows] = cols
+    return succ
 
 
 def perturbed(
@@ -96,14 +141,10 @@ def solve_dense(
         weights, _ = perturbed(cost, n, int(cost.max(initial=0)), gen)
     else:
         weights = cost.astype(np.float64)
-    weights[~allowed] = np.inf
-    try:
-        rows, cols = linear_sum_assignment(weights)
-    except ValueError:  # "cost matrix is infeasible"
+    succ = assign(weights, ~allowed)
+    if succ is None:
         return None
-    succ = np.empty(n, dtype=np.int64)
-    succ[rows] = cols
-    return Assignment(succ, int(cost[rows, cols].sum()))
+    return Assignment(succ, int(cost[np.arange(n), succ].sum()))
 
 
 def _full_matching(
@@ -179,9 +220,11 @@ def solve_matrix(
     else:
         weights = shuffled.astype(np.float64)
     del shuffled
-    r, c = linear_sum_assignment(weights)
+    assigned = assign(weights, None)
+    if assigned is None:  # pragma: no cover - every pair is allowed
+        return None
     succ = np.empty(n, dtype=np.int64)
-    succ[rows[r]] = cols[c]
+    succ[rows] = cols[assigned]
     return Assignment(succ, int(cost[np.arange(n), succ].sum()))
 
 

@@ -161,3 +161,31 @@ def test_large_sparse_exchange_is_matched_validly() -> None:
     assert all(abs(budget[g] - budget[r]) <= 6.0 and g != r for g, r in m.pairs.items())
     assert len(set(m.pairs.values())) == 20_000
     assert m.optimal and m.cost == 20_000
+
+
+@pytest.mark.parametrize("high", [10, 1_000, 400_000, 10**7, 10**12])
+def test_dense_assign_is_optimal_for_any_value_range(high: int) -> None:
+    """assign() matches scipy's optimum whether LAPJV (small values) or scipy (large) runs."""
+    from scipy.optimize import linear_sum_assignment
+
+    from northpole.exchange.solvers import assign
+
+    gen = np.random.default_rng(high)
+    for _ in range(30):
+        n = int(gen.integers(2, 30))
+        weights = gen.integers(0, high, size=(n, n)).astype(np.float64)
+        forbidden = gen.random((n, n)) < 0.3
+        expected = weights.copy()
+        expected[forbidden] = np.inf
+        try:
+            r, c = linear_sum_assignment(expected)
+            best: float | None = float(expected[r, c].sum())
+        except ValueError:
+            best = None
+        succ = assign(weights.copy(), forbidden)
+        if best is None:
+            assert succ is None
+        else:
+            assert succ is not None
+            assert not forbidden[np.arange(n), succ].any()
+            assert float(expected[np.arange(n), succ].sum()) == best
