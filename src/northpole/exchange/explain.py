@@ -11,7 +11,9 @@ of ``R`` other than the start, so ``|N(R)| = |R| - 1``. ``R`` is also
 *minimal*: for every ``s`` in ``R``, flipping the alternating path to ``s``
 matches all of ``R`` but ``s``, so no proper subset of ``R`` violates Hall.
 It need not be the smallest violator (finding that is NP-hard in general);
-the matcher tries a few starts on each side and keeps the smallest.
+the matcher tries a few starts on the giver side and, when that witness has
+more than :data:`_GOOD_ENOUGH` people, on the receiver side too, and keeps the
+smallest.
 
 With ``no_reciprocal`` or ``single_cycle`` a perfect matching may exist and
 still no valid one; then the explanation is a ``RULE``: for small shards the
@@ -43,6 +45,8 @@ IntArray = npt.NDArray[np.int64]
 _STARTS = 4
 #: Largest alternating reach walked in Python before scipy's BFS takes over.
 _SMALL_REACH = 20_000
+#: A giver-side witness this small is kept without trying the receiver side.
+_GOOD_ENOUGH = 8
 #: How many names a message lists before "and N others".
 _NAMES = 8
 
@@ -206,8 +210,7 @@ def hall_witness(graph: Graph) -> tuple[IntArray, IntArray] | None:
     out_deg = np.diff(indptr)
     if (out_deg == 0).any():
         return np.array([int(np.flatnonzero(out_deg == 0)[0])]), np.empty(0, dtype=np.int64)
-    in_ptr, in_givers = graph.csc()
-    in_deg = np.diff(in_ptr)
+    in_deg = np.bincount(indices, minlength=n)
     if (in_deg == 0).any():
         return np.empty(0, dtype=np.int64), np.array([int(np.flatnonzero(in_deg == 0)[0])])
     matrix = csr_matrix((np.ones(indices.size, dtype=np.int8), indices, indptr), shape=(n, n))
@@ -220,6 +223,9 @@ def hall_witness(graph: Graph) -> tuple[IntArray, IntArray] | None:
     free_rows = np.flatnonzero(~matched)[:_STARTS]
     free_cols = np.flatnonzero(row_of_col < 0)[:_STARTS]
     givers = _alternating_reach(indptr, indices, row_of_col, free_rows)
+    if givers.size <= _GOOD_ENOUGH:
+        return givers, _neighbours(indptr, indices, givers)
+    in_ptr, in_givers = graph.csc()
     receivers = _alternating_reach(in_ptr, in_givers, col_of_row, free_cols)
     if givers.size <= receivers.size:
         return givers, _neighbours(indptr, indices, givers)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import pytest
 from exchange_oracle import allowed, instances
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from northpole.exchange.explain import explain
 from northpole.exchange.matching import match
@@ -44,11 +45,21 @@ def check_hall(ps: Sequence[Participant], rules: Rules, exp: Explanation) -> Non
 
 
 @settings(max_examples=300, deadline=None)
-@given(case=instances(max_n=8))
-def test_hall_explanations_are_true_and_minimal(case: tuple[list[Participant], Rules]) -> None:
-    """A HALL explanation names k people whose options are exactly the j < k named, minimally."""
+@given(case=instances(max_n=8), both_sides=st.booleans())
+def test_hall_explanations_are_true_and_minimal(
+    case: tuple[list[Participant], Rules], both_sides: bool
+) -> None:
+    """A HALL explanation names k people whose options are exactly the j < k named, minimally.
+
+    ``both_sides`` makes the search also try the receiver side for every witness.
+    """
+    import northpole.exchange.explain as explain_module
+
     ps, rules = case
-    exp = explain(ps, rules)
+    with pytest.MonkeyPatch.context() as patch:
+        if both_sides:
+            patch.setattr(explain_module, "_GOOD_ENOUGH", 0)
+        exp = explain(ps, rules)
     if exp is not None and exp.kind is ExplanationKind.HALL:
         check_hall(ps, rules, exp)
 
