@@ -30,6 +30,7 @@ from northpole.exchange.events import exchange_event_message
 from northpole.exchange.keys import EXCHANGE_COMMITTED
 from northpole.exchange.service import exchange_service
 from northpole.idgen.service import IdGenService
+from northpole.registry.service import build_registry_service
 from northpole.tasks.events import task_event_message
 from northpole.tasks.model import TaskEvent
 from northpole.tasks.redis_store import RedisTaskStore
@@ -83,6 +84,19 @@ def _ids(ctx: Context, who: str) -> IdGenService:
     if not isinstance(idgen, IdGenService):
         raise ConfigurationError(f"the {who} needs the idgen part for its ids")
     return idgen
+
+
+def _registry(ctx: Context) -> Part:
+    return build_registry_service(
+        ctx.settings.registry,
+        data_dir=ctx.settings.ensure_data_dir(),
+        epoch_ms=ctx.settings.idgen.epoch_ms,
+        registry=ctx.registry,
+        clock=ctx.clock,
+        bus=ctx.bus,
+        stream=ctx.stream,
+        ids=_ids(ctx, "gift registry").generate_list,
+    )
 
 
 def _exchange(ctx: Context) -> Part:
@@ -158,7 +172,12 @@ def build_task_service(
 
 
 #: Every part, in start-up order. ``northpole up`` runs all of them.
-PARTS: dict[str, PartFactory] = {"idgen": _idgen, "tasks": task_service, "exchange": _exchange}
+PARTS: dict[str, PartFactory] = {
+    "idgen": _idgen,
+    "tasks": task_service,
+    "registry": _registry,
+    "exchange": _exchange,
+}
 
 
 def build_app(

@@ -19,6 +19,7 @@ from northpole.cli import (
     id_commands,
     keys_commands,
     matcher_commands,
+    registry_commands,
     serve_commands,
     services_commands,
     token_commands,
@@ -45,6 +46,7 @@ app.add_typer(token_commands.app, name="token")
 app.add_typer(exchange_commands.app, name="exchange")
 app.add_typer(keys_commands.app, name="keys")
 app.add_typer(matcher_commands.app, name="matcher")
+app.add_typer(registry_commands.app, name="registry")
 app.command("services")(services_commands.services)
 
 

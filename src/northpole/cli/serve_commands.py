@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -54,15 +56,49 @@ def _banner(settings: Settings, parts: list[str]) -> None:
     )
 
 
-def _run(settings: Settings, parts: list[str]) -> None:
+def _run(settings: Settings, parts: list[str], *, then: Callable[[], None] | None = None) -> None:
     configure_logging(service="northpole", level=settings.log_level, fmt=settings.log_format)
-    app = build_app(settings, parts=parts, on_started=lambda: _banner(settings, parts))
+
+    def started() -> None:
+        _banner(settings, parts)
+        if then is not None:
+            then()
+
+    app = build_app(settings, parts=parts, on_started=started)
     serve(app, settings)
 
 
-def up(host: HostOption = None, port: PortOption = None) -> None:
-    """Run every service in one process on one port (embedded edition)."""
-    _run(_settings(host, port), list(PARTS))
+def _start_demo(settings: Settings, gifts: int) -> Callable[[], None]:
+    """Return a callback starting ``northpole demo`` against this server in a child process."""
+
+    def start() -> None:
+        url = f"http://{settings.http.host}:{settings.http.port}"
+        argv = [sys.executable, "-m", "northpole", "demo", "--url", url, "--gifts", str(gifts)]
+        # The child inherits stdout/stderr and the NORTHPOLE_* environment (same data
+        # directory, so the same signing key); it ends on its own, the server keeps serving.
+        subprocess.Popen(argv)  # noqa: S603 - our own CLI, no shell
+
+    return start
+
+
+def up(
+    host: HostOption = None,
+    port: PortOption = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Once serving, run `northpole demo` against it.")
+    ] = False,
+    demo_gifts: Annotated[
+        int, typer.Option(min=1, max=1_000_000, help="Gifts the demo registers.")
+    ] = 10_000,
+) -> None:
+    """Run every service in one process on one port.
+
+    The embedded edition needs nothing installed; the cluster edition is
+    chosen by settings (NORTHPOLE_TASKS__REDIS_URL, NORTHPOLE_BUS__NATS_URL,
+    NORTHPOLE_COORD__ENDPOINTS, ...): see docs/configuration.md.
+    """
+    settings = _settings(host, port)
+    _run(settings, list(PARTS), then=_start_demo(settings, demo_gifts) if demo else None)
 
 
 def idgen_serve(

@@ -1,0 +1,1 @@
+"""``northpole demo``: drive a running system through one season, over its public API."""
