@@ -14,9 +14,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from northpole_proc import NorthpoleFactory, NorthpoleProcess
+from northpole_proc import free_port as proc_free_port
 
 from northpole.core.errors import Unavailable
 from northpole.tasks.model import Task, TaskState
@@ -307,3 +310,153 @@ async def test_acknowledged_submits_survive_a_sentinel_failover_with_wait_1(
     finally:
         for process in (*sentinels, *replicas, primary):
             process.stop()
+
+
+# -- real processes: `northpole up` on Redis and `northpole worker` -------------------------------
+
+#: Short leases, a quick sweeper and quick retries for the server and its workers.
+FAST_QUEUE = {
+    "NORTHPOLE_TASKS__LEASE_MS": "1000",
+    "NORTHPOLE_TASKS__WORKER_TTL_MS": "1500",
+    "NORTHPOLE_TASKS__SWEEP_INTERVAL_MS": "100",
+    "NORTHPOLE_TASKS__RETRY_BASE_MS": "100",
+}
+#: The worker processes' handlers: ``wrap`` journals each attempt's start and end.
+PROCESS_HANDLERS = WORKER.split("\n\nasync def main():", 1)[0]
+
+
+class RedisQueue:
+    """``northpole up`` on a throwaway Redis, its tokens, and workers started against it."""
+
+    def __init__(self, procs: NorthpoleFactory, tmp_path: Path) -> None:
+        self.procs = procs
+        self.redis = start_redis(tmp_path / "redis", "--appendonly", "yes")
+        self.env = {**FAST_QUEUE, "NORTHPOLE_TASKS__REDIS_URL": self.redis.url}
+        self.data = procs.data_dir()
+        self.journal = tmp_path / "journal.txt"
+        self.journal.touch()
+        self.modules = tmp_path / "modules"
+        self.modules.mkdir()
+        (self.modules / "elf_handlers.py").write_text(PROCESS_HANDLERS, encoding="utf-8")
+        self.server = self.up()
+        made = procs.cli("token", "create", "--role", "worker", "--sub", "elf", data_dir=self.data)
+        assert made.returncode == 0, made.stderr
+        self.worker_token = made.stdout.strip()
+
+    def up(self) -> NorthpoleProcess:
+        """Start (or start again) ``northpole up`` on the Redis and wait until it is ready."""
+        server = self.procs.spawn(
+            "up",
+            data_dir=self.data,
+            name="up",
+            port=proc_free_port(),
+            env=self.env,
+            token=self.procs.token(self.data),
+        )
+        server.wait_ready()
+        return server
+
+    def worker(self, *args: str, name: str = "worker") -> NorthpoleProcess:
+        """Start ``northpole worker --url <server> ... elf_handlers:registry``."""
+        path = os.pathsep.join(p for p in (str(self.modules), os.environ.get("PYTHONPATH")) if p)
+        env = {
+            **self.env,
+            "PYTHONPATH": path,
+            "NORTHPOLE_TOKEN": self.worker_token,
+            "ELF_JOURNAL": str(self.journal),
+        }
+        return self.procs.spawn(
+            "worker",
+            "--url",
+            self.server.base_url,
+            "--group",
+            "elves",
+            "--poll-wait-s",
+            "1",
+            *args,
+            "elf_handlers:registry",
+            data_dir=self.data,
+            name=name,
+            env=env,
+        )
+
+    def submit(self, count: int, **fields: object) -> list[str]:
+        """Submit ``count`` wrap tasks over HTTP; return their ids."""
+        body = {
+            "tasks": [{"gift_id": str(i + 1), "task_type": "wrap", **fields} for i in range(count)]
+        }
+        with self.server.client() as client:
+            response = client.post("/api/v1/tasks", json=body)
+        assert response.status_code == 201, response.text
+        return [task["id"] for task in response.json()["tasks"]]
+
+    def states(self, ids: list[str]) -> list[str]:
+        """The state of each task, read over HTTP."""
+        with self.server.client() as client:
+            return [client.get(f"/api/v1/tasks/{i}").json()["state"] for i in ids]
+
+    def wait_states(self, ids: list[str], state: str) -> None:
+        """Wait (bounded) until every task is in ``state``."""
+        deadline = time.monotonic() + WAIT_S
+        while (states := self.states(ids)) != [state] * len(ids):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not all {state}: {states}\n{self.procs.report()}")
+            time.sleep(0.05)
+
+    def journal_lines(self) -> list[list[str]]:
+        """The handler journal, one list of words per line."""
+        return [line.split() for line in self.journal.read_text(encoding="utf-8").splitlines()]
+
+    def wait_journal(self, *words: str) -> list[str]:
+        """Wait (bounded) for a journal line starting with ``words``."""
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            for line in self.journal_lines():
+                if line[: len(words)] == list(words):
+                    return line
+            time.sleep(0.02)
+        raise AssertionError(f"no journal line {words}: {self.journal_lines()}")
+
+
+@pytest.fixture
+def redis_queue(procs: NorthpoleFactory, tmp_path: Path) -> Iterator[RedisQueue]:
+    """``northpole up`` serving the task queue on a throwaway Redis (stopped at the end)."""
+    queue = RedisQueue(procs, tmp_path)
+    yield queue
+    procs.cleanup()
+    queue.redis.stop()
+
+
+def test_northpole_worker_killed_mid_task_on_redis_completes_it_once(
+    redis_queue: RedisQueue,
+) -> None:
+    """With ``northpole up`` on Redis, a ``northpole worker`` killed -9 mid-task loses the
+    task to its lease; a second worker process completes it, and only that attempt ends."""
+    [task_id] = redis_queue.submit(1, metadata={"first_sleep": "30"})
+    first = redis_queue.worker("--concurrency", "1", "--prefetch", "0", name="first")
+    started = redis_queue.wait_journal("start", task_id, "1")
+    assert started[3] == str(first.pid)
+    assert first.kill() == -signal.SIGKILL
+    second = redis_queue.worker("--concurrency", "1", name="second")
+    redis_queue.wait_states([task_id], "COMPLETED")
+    with redis_queue.server.client() as client:
+        task = client.get(f"/api/v1/tasks/{task_id}").json()
+    assert (task["attempts"], task["result"]) == (2, "wrapped 1")
+    ends = [line for line in redis_queue.journal_lines() if line[:2] == ["end", task_id]]
+    assert ends == [["end", task_id, "2", str(second.pid)]]
+    assert second.stop(signal.SIGTERM) == 0
+
+
+def test_a_restarted_queue_server_on_redis_loses_nothing(redis_queue: RedisQueue) -> None:
+    """Tasks acknowledged by ``northpole up`` on Redis are all there after the server is
+    killed -9 and started again, and a worker then completes every one of them."""
+    ids = redis_queue.submit(50)
+    assert int(cli(redis_queue.redis.port, "DBSIZE")) > len(ids)  # the records are in Redis
+    assert redis_queue.server.kill() == -signal.SIGKILL
+    redis_queue.server = redis_queue.up()
+    assert redis_queue.states(ids) == ["PENDING"] * len(ids)
+    worker = redis_queue.worker("--concurrency", "8")
+    redis_queue.wait_states(ids, "COMPLETED")
+    assert worker.stop(signal.SIGTERM) == 0
+    ended = {line[1] for line in redis_queue.journal_lines() if line[0] == "end"}
+    assert ended == set(ids)
