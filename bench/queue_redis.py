@@ -659,11 +659,21 @@ def peer_enqueue(system: str, url: str, count: int, batch: int, sent: bool = Fal
             ]
             queue.enqueue_many(items)
     elif system == "arq":
-        asyncio.run(_arq_enqueue(url, count, stamp))
+        peer_loop().run_until_complete(_arq_enqueue(url, count, stamp))
     elif system == "taskiq":
-        asyncio.run(_taskiq_enqueue(mod, count, stamp))
+        peer_loop().run_until_complete(_taskiq_enqueue(mod, count, stamp))
     else:
         raise ValueError(system)
+
+
+_loops: list[asyncio.AbstractEventLoop] = []
+
+
+def peer_loop() -> asyncio.AbstractEventLoop:
+    """One event loop for every async peer call (their module-level clients bind to one)."""
+    if not _loops:
+        _loops.append(asyncio.new_event_loop())
+    return _loops[0]
 
 
 async def _arq_enqueue(url: str, count: int, stamp: Callable[[], str | None]) -> None:
@@ -672,8 +682,8 @@ async def _arq_enqueue(url: str, count: int, stamp: Callable[[], str | None]) ->
 
     pool = await create_pool(RedisSettings.from_dsn(url))
     try:
-        for first in range(0, count, 500):
-            n = min(500, count - first)
+        for first in range(0, count, 50):  # its pool holds 50 connections
+            n = min(50, count - first)
             await asyncio.gather(*(pool.enqueue_job("noop", stamp()) for _ in range(n)))
     finally:
         await pool.aclose()
@@ -694,7 +704,7 @@ def peer_paced(system: str, url: str, rate: int, seconds: float) -> int:
     awaited before the next, as their clients send)."""
     total = max(1, round(rate * seconds))
     if system in ("arq", "taskiq"):
-        return asyncio.run(_peer_paced_async(system, url, rate, total))
+        return peer_loop().run_until_complete(_peer_paced_async(system, url, rate, total))
     mod = peer_module(system)
     queue = None
     if system == "rq":
@@ -734,13 +744,19 @@ async def _peer_paced_async(system: str, url: str, rate: int, total: int) -> int
 
     loop = asyncio.get_running_loop()
     inflight: set[asyncio.Task[Any]] = set()
+    limit = asyncio.Semaphore(40)  # within their connection pools
+
+    async def limited(sent: str) -> Any:
+        async with limit:
+            return await send(sent)
+
     start = loop.time()
     try:
         for i in range(total):
             delay = start + i / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            job = asyncio.create_task(send(str(time.time_ns())))
+            job = asyncio.create_task(limited(str(time.time_ns())))
             inflight.add(job)
             job.add_done_callback(inflight.discard)
         await asyncio.gather(*inflight)
