@@ -27,7 +27,7 @@ a name or a prefix, and may be repeated):
 ``dense.curve_ours.n<N>``
     The matcher's dense solver on the integer matrices of ``dense.ours`` at the
     sizes that case does not cover, and ``dense.curve_ours.fit`` over both.
-``match.dense.n<N>`` (N = 1,000, 5,000)
+``match.dense.n<N>`` (N = 1,000, 5,000, 10,000)
     :func:`~northpole.exchange.matching.match` end to end on one region of N
     people with 5 random wishes each and no budget tolerance (a dense graph).
 ``match.sparse.n<N>`` (N = 100,000, 1,000,000)
@@ -220,7 +220,7 @@ def plan(quick: bool) -> list[tuple[str, int]]:
     else:
         dense = [1_000, 5_000, 10_000]
         curve = [250, 500, 1_000, 2_000, 4_000, 8_000]
-        e2e, sparse = [1_000, 5_000], [100_000, 1_000_000]
+        e2e, sparse = [1_000, 5_000, 10_000], [100_000, 1_000_000]
     out: list[tuple[str, int]] = []
     for n in dense:
         out += [("dense.scipy", n), ("dense.ours", n)]
