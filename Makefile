@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_WORKERS ?= auto
 # Debian packages the tests need (promtool checks the Prometheus rules) and the benchmarks need.
-TEST_DEBS := prometheus etcd-server etcd-client
+TEST_DEBS := prometheus etcd-server etcd-client postgresql redis-server
 BENCH_DEBS := wrk
 
 .PHONY: install system-deps run test lint typecheck pytest bench format clean
@@ -25,7 +25,7 @@ system-deps:
 	@bash scripts/ensure-debs.sh $(TEST_DEBS)
 
 run: install
-	$(BIN)/northpole up --host $(HOST) --port $(PORT)
+	$(BIN)/northpole up --host $(HOST) --port $(PORT) --demo
 
 test: install lint typecheck pytest
 

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.panel import Panel
 
 from northpole.core.auth import Role, TokenService, load_secret
+from northpole.core.errors import ConfigurationError
 from northpole.core.logging import configure_logging
 from northpole.core.server import serve
 from northpole.core.settings import Settings
@@ -30,11 +31,41 @@ def _settings(host: str | None, port: int | None) -> Settings:
     return settings
 
 
+#: The cluster edition's servers: (what, its setting's variable, how to read it from settings).
+CLUSTER_SERVERS: tuple[tuple[str, str, Callable[[Settings], object]], ...] = (
+    ("PostgreSQL (gifts)", "NORTHPOLE_REGISTRY__DATABASE_URL", lambda s: s.registry.database_url),
+    ("Redis (tasks)", "NORTHPOLE_TASKS__REDIS_URL", lambda s: s.tasks.redis_url),
+    ("NATS (events)", "NORTHPOLE_BUS__NATS_URL", lambda s: s.bus.nats_url),
+    ("etcd (coordination)", "NORTHPOLE_COORD__ENDPOINTS", lambda s: s.coord.endpoints),
+)
+
+
+def edition(settings: Settings) -> str:
+    """``cluster`` with PostgreSQL, Redis and NATS configured (etcd is optional),
+    ``embedded`` with none of them, ``mixed`` in between."""
+    configured = [bool(read(settings)) for _, _, read in CLUSTER_SERVERS[:3]]
+    return "cluster" if all(configured) else "mixed" if any(configured) else "embedded"
+
+
+def check_cluster(settings: Settings) -> None:
+    """Raise ConfigurationError naming every cluster server whose URL is missing.
+
+    etcd is optional: without it, workshop ids come from settings (give every
+    instance its own ``NORTHPOLE_IDGEN__WORKSHOP_ID``) and there is no discovery.
+    """
+    missing = [env for _, env, read in CLUSTER_SERVERS[:3] if not read(settings)]
+    if missing:
+        raise ConfigurationError(
+            "--cluster needs the servers' URLs; set " + ", ".join(missing), field="cluster"
+        )
+
+
 def _banner(settings: Settings, parts: list[str]) -> None:
     base = f"http://{settings.http.host}:{settings.http.port}"
     rows = [
-        ("serving", ", ".join(parts) + " (embedded edition)"),
+        ("serving", ", ".join(parts) + f" ({edition(settings)} edition)"),
         ("data directory", str(settings.data_dir.resolve())),
+        *[(what, str(read(settings))) for what, _, read in CLUSTER_SERVERS if read(settings)],
         ("API docs", f"{base}/docs"),
         ("metrics", f"{base}/metrics"),
         ("liveness", f"{base}/healthz"),
@@ -90,14 +121,22 @@ def up(
     demo_gifts: Annotated[
         int, typer.Option(min=1, max=1_000_000, help="Gifts the demo registers.")
     ] = 10_000,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster", help="Refuse to start unless PostgreSQL, Redis and NATS are configured."
+        ),
+    ] = False,
 ) -> None:
     """Run every service in one process on one port.
 
     The embedded edition needs nothing installed; the cluster edition is
-    chosen by settings (NORTHPOLE_TASKS__REDIS_URL, NORTHPOLE_BUS__NATS_URL,
-    NORTHPOLE_COORD__ENDPOINTS, ...): see docs/configuration.md.
+    chosen by settings (NORTHPOLE_REGISTRY__DATABASE_URL, NORTHPOLE_TASKS__REDIS_URL,
+    NORTHPOLE_BUS__NATS_URL, NORTHPOLE_COORD__ENDPOINTS): see docs/configuration.md.
     """
     settings = _settings(host, port)
+    if cluster:
+        check_cluster(settings)
     _run(settings, list(PARTS), then=_start_demo(settings, demo_gifts) if demo else None)
 
 
