@@ -471,6 +471,23 @@ def _sampled(local: Local, rules: Rules, w: int, lo: IntArray, hi: IntArray, see
     return graph
 
 
+def true_neighbours(local: Local, rules: Rules, nodes: IntArray, *, givers: bool) -> IntArray:
+    """Every allowed receiver of the givers ``nodes`` (or giver of the receivers ``nodes``).
+
+    Computed from the rules, not from a graph: it checks a witness found on
+    sampled candidates. Budget compatibility is symmetric, so a receiver's
+    possible givers lie in the same label range as a giver's receivers.
+    """
+    lo, hi = _budget_ranges(local, rules)
+    found: list[IntArray] = []
+    for v in nodes.tolist():
+        other = np.arange(int(lo[v]), int(hi[v]), dtype=np.int64)
+        mine = np.full(other.size, v, dtype=np.int64)
+        pairs = (mine, other) if givers else (other, mine)
+        found.append(other[_keep(local, rules, *pairs)])
+    return np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
+
+
 def build_graph(
     local: Local, rules: Rules, max_wishes: int, *, seed: int = 0, force: str | None = None
 ) -> Graph:

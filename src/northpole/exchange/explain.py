@@ -34,7 +34,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import breadth_first_order, connected_components
 from scipy.sparse.csgraph import maximum_bipartite_matching as _max_matching
 
-from northpole.exchange.candidates import Graph, build_graph, localize
+from northpole.exchange.candidates import Graph, build_graph, localize, true_neighbours
 from northpole.exchange.exact import EXACT_MAX, solve_exact
 from northpole.exchange.model import Explanation, ExplanationKind, Participant, Rules
 from northpole.exchange.roster import Roster, Shard, build_roster, shards_of
@@ -86,9 +86,13 @@ def explain_shard(
     if graph is None:
         graph = build_graph(localize(roster, shard, None, wishes=False), rules, roster.max_wishes)
     hall = hall_witness(graph)
+    if hall is not None and not graph.complete:
+        hall = _confirmed(graph, rules, *hall)
     if hall is not None:
         givers, receivers = hall
         return _hall(roster, shard, graph, givers, receivers)
+    if not graph.complete:
+        return None  # sampled candidates: nothing more can be proven from them
     if rules.single_cycle or rules.no_reciprocal:
         return _cycle_rules(roster, shard, rules, graph)
     return None
@@ -230,6 +234,17 @@ def hall_witness(graph: Graph) -> tuple[IntArray, IntArray] | None:
     if givers.size <= receivers.size:
         return givers, _neighbours(indptr, indices, givers)
     return _neighbours(in_ptr, in_givers, receivers), receivers
+
+
+def _confirmed(
+    graph: Graph, rules: Rules, givers: IntArray, receivers: IntArray
+) -> tuple[IntArray, IntArray] | None:
+    """Recheck a witness found on sampled candidates against every allowed gift."""
+    if givers.size > receivers.size:
+        full = true_neighbours(graph.local, rules, givers, givers=True)
+        return (givers, full) if full.size < givers.size else None
+    full = true_neighbours(graph.local, rules, receivers, givers=False)
+    return (full, receivers) if full.size < receivers.size else None
 
 
 def _neighbours(indptr: IntArray, indices: IntArray, nodes: IntArray) -> IntArray:

@@ -126,20 +126,28 @@ def _solve_shard(
 def _raise(roster: Roster, shard: Shard, rules: Rules, graph: Graph | None) -> NoReturn:
     """Raise :class:`Infeasible` with the shard's explanation.
 
-    When nothing can be proven (a large shard whose cycle repair got stuck),
-    the explanation says the search failed rather than that none exists.
+    When nothing can be proven (a large shard whose cycle repair got stuck, or
+    sampled candidates that could not be matched), the explanation says the
+    search failed rather than that none exists.
     """
     found = explain_shard(roster, shard, rules, graph)
     if found is None:
-        rule = "single_cycle" if rules.single_cycle else "no_reciprocal"
+        rule = (
+            "single_cycle"
+            if rules.single_cycle
+            else "no_reciprocal"
+            if rules.no_reciprocal
+            else None
+        )
         ids = tuple(roster.people[int(p)].id for p in shard.members)
         where = f" of region {shard.region}" if shard.region is not None else ""
+        drop = f", or drop {rule}" if rule else ""
         found = Explanation(
             ExplanationKind.RULE,
-            f"{rule}: the search found no valid matching for the {shard.members.size} "
+            f"the search found no valid matching for the {shard.members.size} "
             f"people{where} ({names(roster, shard.members)}), though it cannot prove that "
             f"none exists; their allowed gifts are too few: relax exclusions, groups or "
-            f"budgets, or drop {rule}",
+            f"budgets{drop}",
             ids,
             ids,
             rule,

@@ -165,3 +165,22 @@ def test_large_reaches_use_the_graph_search(monkeypatch: pytest.MonkeyPatch) -> 
     assert searched is not None and direct is not None
     check_hall(ps, rules, searched)
     assert set(searched.receivers) == set(direct.receivers)
+
+
+def test_witnesses_on_sampled_candidates_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On sampled candidates a witness is reported only if every allowed gift confirms it."""
+    import northpole.exchange.candidates as candidates_module
+
+    monkeypatch.setattr(candidates_module, "DENSE_MAX", 0)
+    monkeypatch.setattr(candidates_module, "EDGE_LIMIT", 0)
+    ps, rules = planted(60)
+    exp = explain(ps, rules)
+    assert exp is not None and set(exp.receivers) == {"o0", "o1"}
+    check_hall(ps, rules, exp)
+    # One random candidate each: the sample has no perfect matching, the exchange does.
+    monkeypatch.setattr(candidates_module, "SAMPLE_K", 1)
+    crowd = [Participant(id=f"p{i}", region="x", budget=20.0) for i in range(60)]
+    assert explain(crowd, Rules()) is None
+    with pytest.raises(Infeasible) as caught:
+        match(crowd, Rules(), rng=random.Random(0))
+    assert "cannot prove" in caught.value.explanation.message
