@@ -12,6 +12,7 @@ from nats_servers import NatsServer, free_port
 from northpole.bus.nats import ENCODING_HEADER, JetStreamStream
 from northpole.bus.outbox import OutboxRelay, OutboxRow
 from northpole.bus.stream import Message
+from northpole.core.errors import Unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -104,5 +105,19 @@ async def test_outbox_relay_rides_out_a_server_restart(tmp_path: Path) -> None:
             await consumer.ack(batch)
         await stream.close()
         assert got == [row.data for row in rows]
+    finally:
+        server.stop()
+
+
+async def test_a_message_no_stream_takes_is_an_error_not_a_silent_loss(tmp_path: Path) -> None:
+    """Publishing on a subject outside the stream raises Unavailable instead of returning."""
+    server = NatsServer(tmp_path / "nats", free_port())
+    server.start()
+    try:
+        stream = await JetStreamStream(server.url, publish_timeout_s=2).open()
+        with pytest.raises(Unavailable):
+            await stream.publish([Message("elsewhere.thing", b"x", "lost-1")])
+        assert await stream.publish([Message("gift.created", b"x", "kept-1")]) == 1
+        await stream.close()
     finally:
         server.stop()
