@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -24,7 +24,7 @@ from northpole.tasks.backends import (
     parse_time_ms,
 )
 from northpole.tasks.model import Task, TaskState
-from northpole.tasks.store import Claim, Heartbeat, HeartbeatAnswer
+from northpole.tasks.store import Claim, CompleteRequest, Heartbeat, HeartbeatAnswer
 from northpole.tasks.transitions import StaleFence
 
 TASK_JSON: dict[str, Any] = {
@@ -356,6 +356,24 @@ class FakeService:
         self._check(worker_id, fence)
         self.calls.append(("complete", (task_id, worker_id, fence, result)))
         return TaskState.COMPLETED
+
+    async def complete_many(
+        self, items: Sequence[CompleteRequest]
+    ) -> list[TaskState | NorthpoleError]:
+        """Complete each item as :meth:`complete` would; a refusal is returned, not raised."""
+        if self.down:
+            raise Unavailable("store closed")
+        out: list[TaskState | NorthpoleError] = []
+        for item in items:
+            try:
+                out.append(
+                    await self.complete(
+                        item.task_id, worker_id=item.worker_id, fence=item.fence, result=item.result
+                    )
+                )
+            except StaleFence as exc:
+                out.append(exc)
+        return out
 
     async def fail(
         self,
