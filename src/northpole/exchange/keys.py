@@ -161,7 +161,8 @@ def rules_from_json(data: dict[str, Any]) -> Rules:
     )
 
 
-def _decode(key: str, value: bytes) -> dict[str, Any]:
+def decode_object(key: str, value: bytes) -> dict[str, Any]:
+    """Return the JSON object stored under ``key``; raise CorruptValue if it is not one."""
     try:
         data = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -201,7 +202,7 @@ def decode_state(key: str, value: bytes) -> ExchangeRecord:
     Raises:
         CorruptValue: The value is not a state record.
     """
-    data = _decode(key, value)
+    data = decode_object(key, value)
     try:
         exchange = Exchange(
             id=str(data["id"]),
@@ -234,7 +235,7 @@ def encode_index(record: ExchangeRecord) -> bytes:
 
 def decode_index(key: str, value: bytes) -> tuple[int, Phase]:
     """Return the year and phase in an index value."""
-    data = _decode(key, value)
+    data = decode_object(key, value)
     try:
         return int(data["year"]), Phase(data["phase"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -261,7 +262,7 @@ def participant_json(participant: Participant) -> dict[str, Any]:
 
 def decode_participant(key: str, value: bytes) -> Participant:
     """Return the participant in a stored value."""
-    data = _decode(key, value)
+    data = decode_object(key, value)
     try:
         group = data.get("group")
         return Participant(
@@ -286,7 +287,7 @@ def encode_match(match: SealedMatch) -> bytes:
 
 def decode_match(key: str, value: bytes) -> SealedMatch:
     """Return the sealed match in a stored value."""
-    data = _decode(key, value)
+    data = decode_object(key, value)
     try:
         return SealedMatch(
             giver=str(data["giver"]),

@@ -24,11 +24,10 @@ A reader of a COMMITTED exchange finds its matches through ``{ex}/committed``
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import orjson
 
-from northpole.exchange.keys import CorruptValue, exchange_prefix
+from northpole.exchange.keys import CorruptValue, decode_object, exchange_prefix
 
 YES = "yes"
 NO = "no"
@@ -110,19 +109,9 @@ class VoteRecord:
         return orjson.dumps(asdict(self))
 
 
-def _object(key: str, value: bytes) -> dict[str, Any]:
-    try:
-        data = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise CorruptValue(f"stored value of {key} is not JSON") from exc
-    if not isinstance(data, dict):
-        raise CorruptValue(f"stored value of {key} is not a JSON object")
-    return data
-
-
 def decode_proposal(key: str, value: bytes) -> ProposalRecord:
     """Return the proposal in a stored value."""
-    data = _object(key, value)
+    data = decode_object(key, value)
     try:
         return ProposalRecord(
             proposal=str(data["proposal"]),
@@ -143,7 +132,7 @@ def decode_proposal(key: str, value: bytes) -> ProposalRecord:
 
 def decode_vote(key: str, value: bytes) -> VoteRecord:
     """Return the vote in a stored value."""
-    data = _object(key, value)
+    data = decode_object(key, value)
     try:
         cost, reference = data.get("cost"), data.get("reference_cost")
         return VoteRecord(
@@ -164,7 +153,7 @@ def encode_committed(proposal_id: str) -> bytes:
 
 def decode_committed(key: str, value: bytes) -> str:
     """Return the proposal id in the committed pointer."""
-    data = _object(key, value)
+    data = decode_object(key, value)
     proposal = data.get("proposal")
     if not isinstance(proposal, str):
         raise CorruptValue(f"stored value of {key} names no proposal")
