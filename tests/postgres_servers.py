@@ -21,7 +21,6 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,18 +30,12 @@ from pathlib import Path
 
 import pytest
 
+from ports import free_port
+
 BIN = Path("/usr/lib/postgresql/15/bin")
 USER = "postgres"
 START_TIMEOUT_S = 30.0
 _databases = itertools.count(1)
-
-
-def free_port() -> int:
-    """Return a loopback port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def available() -> bool:

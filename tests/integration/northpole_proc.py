@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from ports import free_port
 
 #: How long a server may take from spawn to answering ``/readyz``.
 READY_TIMEOUT_S = 30.0
@@ -46,14 +47,6 @@ def northpole_command() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-m", "northpole"]
-
-
-def free_port() -> int:
-    """Return a loopback port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def now_ms() -> int:
