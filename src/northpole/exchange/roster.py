@@ -89,20 +89,26 @@ def _check_person(p: object) -> Participant:
 
 
 def _check_references(people: Sequence[Participant], index: dict[str, int]) -> None:
+    known = index.keys()
+    has = index.__contains__
     for p in people:
-        unknown = [x for x in p.exclusions if x not in index]
-        if unknown:
+        excl = p.exclusions
+        if excl and not known >= (excl if isinstance(excl, set | frozenset) else set(excl)):
+            unknown = sorted(str(x) for x in excl if x not in index)
             raise InvalidInput(
-                f"{p.id} excludes unknown participant(s): {', '.join(map(str, sorted(unknown)))}",
+                f"{p.id} excludes unknown participant(s): {', '.join(unknown)}",
                 field="exclusions",
             )
-        unknown = [x for x in p.preferences if x not in index]
-        if unknown:
+        wishes = p.preferences
+        if not wishes:
+            continue
+        if not all(map(has, wishes)):
+            unknown = [str(x) for x in wishes if x not in index]
             raise InvalidInput(
-                f"{p.id} wishes for unknown participant(s): {', '.join(map(str, unknown))}",
+                f"{p.id} wishes for unknown participant(s): {', '.join(unknown)}",
                 field="preferences",
             )
-        if len(set(p.preferences)) != len(p.preferences):
+        if len(set(wishes)) != len(wishes):
             raise InvalidInput(f"{p.id} lists a wish more than once", field="preferences")
 
 
