@@ -8,6 +8,9 @@ added cost (ties at random):
 * :func:`break_two_cycles` splices each 2-cycle ``a <-> b`` into another
   cycle through an edge ``x -> y``: ``x -> a -> b -> y`` (or the mirror with
   ``b -> a`` kept). The host cycle grows by two, so no new 2-cycle appears.
+* :func:`resolve_without_pairs` (dense shards) forbids one gift of each
+  2-cycle and solves the assignment again, a few rounds; the cheaper of its
+  answer and the splicing's is kept.
 * :func:`join_cycles` merges the smallest cycle with another by a 2-exchange:
   ``a -> a'`` in it and ``b -> b'`` elsewhere become ``a -> b'`` and
   ``b -> a'`` (Karp's patching), until one cycle is left.
@@ -20,6 +23,8 @@ instead of returning something invalid.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
@@ -87,6 +92,38 @@ def break_two_cycles(graph: Graph, succ: IntArray, gen: np.random.Generator) -> 
         _, x, y, keep_from, keep_to = best
         succ[x], succ[keep_to] = keep_from, y
     return True
+
+
+def resolve_without_pairs(
+    graph: Graph,
+    succ: IntArray,
+    solve: Callable[[Graph], IntArray | None],
+    gen: np.random.Generator,
+    rounds: int,
+) -> IntArray | None:
+    """Forbid one gift of each 2-cycle and solve again, up to ``rounds`` times.
+
+    Dense graphs only. Returns a permutation without 2-cycles (valid for the
+    original graph, whose edges it only removes), or ``None``.
+    """
+    if graph.matrix_allowed is None:
+        return None
+    allowed = graph.matrix_allowed.copy()
+    current = succ
+    for _ in range(rounds):
+        starts = np.flatnonzero(current[current] == np.arange(graph.n))
+        if not starts.size:
+            return current
+        a = starts[starts < current[starts]]
+        b = current[a]
+        flip = gen.random(a.size) < 0.5
+        allowed[np.where(flip, a, b), np.where(flip, b, a)] = False
+        narrowed = replace(graph, matrix_allowed=allowed, _csc=None, _codes=None)
+        nxt = solve(narrowed)
+        if nxt is None:
+            return None
+        current = nxt
+    return current if not (current[current] == np.arange(graph.n)).any() else None
 
 
 def cycle_labels(succ: IntArray) -> tuple[IntArray, list[IntArray]]:

@@ -31,7 +31,12 @@ import numpy as np
 from northpole.core.errors import InvalidInput
 from northpole.exchange.candidates import Graph, build_graph, localize
 from northpole.exchange.cost import gift_cost
-from northpole.exchange.cycles import break_two_cycles, cycle_labels, join_cycles
+from northpole.exchange.cycles import (
+    break_two_cycles,
+    cycle_labels,
+    join_cycles,
+    resolve_without_pairs,
+)
 from northpole.exchange.exact import EXACT_MAX, solve_exact
 from northpole.exchange.explain import explain_shard, names
 from northpole.exchange.model import (
@@ -46,6 +51,9 @@ from northpole.exchange.roster import IntArray, Roster, Shard, build_roster, sha
 from northpole.exchange.solvers import solve
 
 __all__ = ["cost_of", "match", "validate"]
+
+#: Rounds of "forbid the 2-cycles and solve again" on dense shards (no_reciprocal).
+_RESOLVE_ROUNDS = 4
 
 
 def match(
@@ -111,7 +119,7 @@ def _solve_shard(
     if rules.single_cycle:
         repaired = join_cycles(graph, succ, gen)
     elif rules.no_reciprocal and (succ[succ] == np.arange(graph.n)).any():
-        repaired = break_two_cycles(graph, succ, gen)
+        succ, repaired = _without_pairs(graph, succ, rng, gen)
     if not repaired:
         _raise(roster, shard, rules, graph)
     ok, costs = graph.lookup(np.arange(graph.n, dtype=np.int64), succ)
@@ -121,6 +129,29 @@ def _solve_shard(
     relaxed = graph.complete and assignment.exact
     proven = (relaxed and cost == assignment.cost) or cost == int(graph.row_floor.sum())
     return (people, people[succ]), cost, proven
+
+
+def _without_pairs(
+    graph: Graph, succ: IntArray, rng: random.Random, gen: np.random.Generator
+) -> tuple[IntArray, bool]:
+    """The cheaper of splicing the 2-cycles away and solving again without them."""
+    options = []
+    spliced = succ.copy()
+    if break_two_cycles(graph, spliced, gen):
+        options.append(spliced)
+
+    def again(narrowed: Graph) -> IntArray | None:
+        found = solve(narrowed, rng)
+        return None if found is None else found.succ
+
+    resolved = resolve_without_pairs(graph, succ, again, gen, _RESOLVE_ROUNDS)
+    if resolved is not None:
+        options.append(resolved)
+    if not options:
+        return succ, False
+    everyone = np.arange(graph.n, dtype=np.int64)
+    costs = [int(graph.lookup(everyone, s)[1].sum()) for s in options]
+    return options[int(np.argmin(costs))], True
 
 
 def _raise(roster: Roster, shard: Shard, rules: Rules, graph: Graph | None) -> NoReturn:
