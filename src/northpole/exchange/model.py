@@ -101,8 +101,9 @@ class Matching:
         pairs: giver id -> receiver id, for every participant.
         cost: Its total cost (see ``docs/matching.md``).
         optimal: True when ``cost`` is proven minimal among valid matchings; False
-            only where the docs say the guarantee is weaker (large instances with
-            ``single_cycle`` or ``no_reciprocal``).
+            only where the docs say the guarantee is weaker (``single_cycle`` or
+            ``no_reciprocal`` above 12 people per shard, sparse shards above
+            50,000 people, sampled candidates) and the lower bound was not reached.
     """
 
     pairs: Mapping[str, str]
@@ -122,9 +123,12 @@ class ExplanationKind(StrEnum):
 class Explanation:
     """A reason a person can act on, and the participants it names.
 
-    For ``HALL``: ``givers`` (k of them) can only give to ``receivers`` (j < k of
-    them), so at least ``k - j`` of those givers cannot be served; the set is as
-    small as the matcher could make it (see ``docs/matching.md``).
+    For ``HALL``, either ``givers`` (k of them) can only give to ``receivers``
+    (j < k of them), so at least ``k - j`` of those givers cannot be served, or
+    the mirror: only ``givers`` (j) may give to ``receivers`` (k > j); the longer
+    list is the k. The set is minimal (no part of it is a witness on its own),
+    though not always the smallest (see ``docs/matching.md``). For ``RULE`` and
+    ``TOO_FEW`` both lists name the people concerned.
     """
 
     kind: ExplanationKind
