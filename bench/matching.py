@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/matching.py            # the full run, about 5 minutes
+    .venv/bin/python bench/matching.py            # the full run, about 3 minutes
     .venv/bin/python bench/matching.py --quick    # a short smoke run
     .venv/bin/python bench/matching.py --only dense.curve
 
