@@ -71,6 +71,8 @@ from northpole.exchange.twophase import (
 )
 
 _log = get_logger(__name__)
+#: Answers of a follower that could not vote yet (asked again).
+_RETRY_VOTE = frozenset({502, 503, 504})
 
 ELECTION = "matcher"
 VOTE_PATH = "/internal/v1/matcher/votes"
@@ -468,15 +470,10 @@ class MatcherReplica:
         if http is None:
             raise Unavailable("the matcher replica is not running")
 
-        async def ask(address: str) -> bool:
-            try:
-                response = await http.post(address + VOTE_PATH, content=body, headers=headers)
-            except httpx.HTTPError as exc:
-                _log.warning("a follower did not answer", follower=address, error=str(exc))
-                return False
-            return response.status_code == 200 and response.json().get("vote") == YES
-
-        pending = {asyncio.ensure_future(ask(address)) for _, address in followers}
+        pending = {
+            asyncio.ensure_future(_ask_vote(http, address + VOTE_PATH, body, headers))
+            for _, address in followers
+        }
         yes = 0
         try:
             async with asyncio.timeout(self.settings.vote_timeout_s):
@@ -544,3 +541,25 @@ class MatcherReplica:
             recorded=recorded,
         )
         return {"vote": vote.vote if recorded else NO, "problems": problems, "recorded": recorded}
+
+
+async def _ask_vote(
+    http: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]
+) -> bool:
+    """Ask one follower for its vote; True if it voted yes.
+
+    A follower that cannot vote right now (etcd electing a leader, a connection
+    reset) is asked again, with backoff, until the caller's vote timeout
+    cancels the call; only an answer counts as a vote.
+    """
+    delay = 0.1
+    while True:
+        try:
+            response = await http.post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            _log.warning("a follower did not answer", follower=url, error=str(exc))
+        else:
+            if response.status_code not in _RETRY_VOTE:
+                return response.status_code == 200 and response.json().get("vote") == YES
+        await asyncio.sleep(delay)
+        delay = min(1.0, delay * 2)
