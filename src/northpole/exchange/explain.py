@@ -266,8 +266,8 @@ def _hall(
             short = givers.size - receivers.size
             msg = (
                 f"{names(roster, g_pos)}{where} ({givers.size} people) may only give to "
-                f"{names(roster, r_pos)} ({receivers.size}), so {short} of them would get "
-                f"nobody; {fix}"
+                f"{names(roster, r_pos)} ({receivers.size}), so {short} of them would have "
+                f"nobody to give to; {fix}"
             )
     elif givers.size == 0:
         msg = f"nobody{where} may give to {names(roster, r_pos)}; {fix}"
