@@ -511,6 +511,18 @@ async def test_complete_many_answers_refused_items_with_their_errors(
     assert [t.id for t in released] == [child.id]
 
 
+async def test_wait_for_work_returns_by_its_timeout_when_nothing_happens(
+    store: TaskStore,
+) -> None:
+    """wait_for_work answers at once for a negative count and within its timeout otherwise."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    seen = await store.wait_for_work(-1, 0.0)
+    assert seen >= 0
+    assert await store.wait_for_work(seen, 0.2) >= seen
+    assert loop.time() - started < 2.0
+
+
 async def test_a_failed_attempt_backs_off_within_the_policy_bounds(
     store: TaskStore, make_task: MakeTask, clock: FakeClock, config: Any
 ) -> None:

@@ -7,6 +7,7 @@ replica and on a cluster, Sentinel URLs, errors at the edges.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -204,6 +205,27 @@ async def test_a_release_found_by_a_redrive_recheck_survives_in_the_outbox(
     await store.sweep(now_ms=later, worker_ttl_ms=60_000)
     claimed, _ = await store.claim(Claim("w", "g", lease_ms=60_000), now_ms=later)
     assert [t.id for t in claimed] == [child.id]
+
+
+async def test_a_submit_elsewhere_wakes_a_waiting_claimer_before_its_timeout(
+    server: RedisProcess,
+) -> None:
+    """A store waiting for work returns within a fraction of its 10 s timeout when another
+    store (another process's) submits a task, and the count it returns has moved."""
+    namespace = unique_namespace("wake")
+    async with (
+        store_on(server.url, namespace=namespace) as waiting,
+        store_on(server.url, namespace=namespace) as other,
+    ):
+        seen = await waiting.wait_for_work(-1, 0.0)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        waiter = asyncio.create_task(waiting.wait_for_work(seen, 10.0))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        await other.submit([make_task()], now_ms=NOW)
+        assert await asyncio.wait_for(waiter, 5.0) > seen
+        assert loop.time() - started < 2.0
 
 
 async def test_a_store_used_outside_its_lifecycle_raises_unavailable(server: RedisProcess) -> None:

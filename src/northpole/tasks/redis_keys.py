@@ -30,7 +30,9 @@ the task's dependents), ``wait:<task_id>`` (SET of dependency ids not yet
 COMPLETED), ``depth`` (HASH ``"<state>|<priority>|<task_type>"`` -> count),
 ``dur`` (HASH: running mean processing time per type and its sample count),
 ``types`` (SET of task types seen) and ``outbox`` (HASH of cross-partition
-follow-ups not yet applied, see :mod:`northpole.tasks.redis_store`).
+follow-ups not yet applied, see :mod:`northpole.tasks.redis_store`). The
+partition's scripts publish on the channel ``wake`` when tasks become
+claimable (:mod:`northpole.tasks.redis_wake`).
 
 Three things are not per partition, each in a slot of its own:
 
@@ -134,6 +136,11 @@ class Keys:
     def pending(self, partition: int, task_type: str) -> str:
         """Return the partition's PENDING tasks of a type, by ``available_ms``."""
         return f"{self.partition(partition)}pend:{task_type}"
+
+    def wake(self, partition: int) -> str:
+        """Return the Pub/Sub channel the partition's scripts publish on when tasks become
+        claimable (``redis_wake``)."""
+        return f"{self.partition(partition)}wake"
 
     def outbox(self, partition: int) -> str:
         """Return the partition's hash of cross-partition follow-ups not yet applied."""

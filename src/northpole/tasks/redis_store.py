@@ -85,6 +85,7 @@ from northpole.tasks.redis_keys import Keys
 from northpole.tasks.redis_plan import FAILED_ENDS
 from northpole.tasks.redis_report import DURATION_WINDOW
 from northpole.tasks.redis_scripts import Call, Client, ScriptRunner, connect
+from northpole.tasks.redis_wake import WorkSignal
 from northpole.tasks.retry import RetryPolicy
 from northpole.tasks.store import (
     Claim,
@@ -159,6 +160,7 @@ class RedisTaskStore:
         self._owns_client = isinstance(url_or_client, str)
         self._closed = False
         self._completer: Coalescer[tuple[int, _Done]] = Coalescer(self._coalesced)
+        self._signal: WorkSignal | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -185,6 +187,9 @@ class RedisTaskStore:
         """Finish coalesced calls, then close the connection (if the store opened it)."""
         self._closed = True
         await self._completer.drain()
+        signal, self._signal = self._signal, None
+        if signal is not None:
+            await signal.close()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.close(client=self._owns_client, others=self._others)
@@ -500,6 +505,12 @@ class RedisTaskStore:
             [Call("forget", (self.keys.workers_prefix,), (now_ms - worker_ttl_ms,))]
         )
         return events
+
+    async def wait_for_work(self, after: int, timeout_s: float) -> int:
+        """Wait for a wake-up published by a script (:mod:`northpole.tasks.redis_wake`)."""
+        if self._signal is None:
+            self._signal = WorkSignal(self.runner.client, self.keys, self.partitions)
+        return await self._signal.wait(after, timeout_s)
 
     async def stats(self, *, now_ms: int) -> QueueStats:
         """Return depths, oldest pending times and recent processing times."""

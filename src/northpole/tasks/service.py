@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -230,6 +231,7 @@ class TaskService:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + min(max(wait_s, 0.0), self.settings.max_claim_wait_s)
         poll_s = self.settings.sweep_interval_ms / 1000
+        seen = await self.store.wait_for_work(-1, 0.0) if wait_s > 0 else 0
         while True:
             waiter = self._changed
             tasks, events = await self.store.claim(claim, now_ms=self.clock.now_ms())
@@ -237,11 +239,25 @@ class TaskService:
             remaining = give_up - loop.time()
             if tasks or remaining <= 0:
                 return tasks, self._partitions_of.get(claim.worker_id, ())
-            # Woken by any change; also re-check now and then for retries whose backoff ended.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter.wait(), min(remaining, poll_s))
+            # Woken by any change here or a wake-up from the store (another process's
+            # submit); also re-check now and then for retries whose backoff ended.
+            seen = await self._wait_for_work(waiter, seen, min(remaining, poll_s))
             if gone is not None and await gone():
                 return [], ()
+
+    async def _wait_for_work(self, changed: asyncio.Event, seen: int, timeout_s: float) -> int:
+        """Wait for a change in this process or the store's wake-up; return its count."""
+        here = asyncio.ensure_future(changed.wait())
+        there = asyncio.ensure_future(self.store.wait_for_work(seen, timeout_s))
+        try:
+            await asyncio.wait((here, there), timeout=timeout_s, return_when=FIRST_COMPLETED)
+        finally:
+            here.cancel()
+            if not there.done():
+                there.cancel()
+        if there.done() and not there.cancelled() and there.exception() is None:
+            return there.result()
+        return seen
 
     async def heartbeat(self, beat: Heartbeat) -> HeartbeatAnswer:
         """Record a worker's heartbeat (see :meth:`TaskStore.heartbeat`)."""

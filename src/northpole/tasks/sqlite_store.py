@@ -58,6 +58,7 @@ its dependencies is still FAILED or EXPIRED fails again at once
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import heapq
@@ -459,6 +460,13 @@ class SqliteTaskStore:
     async def stats(self, *, now_ms: int) -> QueueStats:
         """Return depths, oldest pending times and recent processing times."""
         return await self._read(_stats)
+
+    async def wait_for_work(self, after: int, timeout_s: float) -> int:
+        """Wait out ``timeout_s`` (SQLite tells nobody about other processes' commits; the
+        task service wakes its own claims on its own changes); the count stays 0."""
+        if after >= 0 and timeout_s > 0:
+            await asyncio.sleep(timeout_s)
+        return 0
 
     async def workers(self, *, now_ms: int) -> list[WorkerInfo]:
         """Return the workers seen and not yet forgotten."""

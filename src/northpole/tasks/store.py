@@ -41,6 +41,8 @@ Semantics every implementation keeps:
 * **submit** with an ``idempotency_key`` that repeats within one batch stores
   the first task only; a task of the batch that depends on a task replaced by
   its stored twin depends on the twin.
+* **wait_for_work** returns early when tasks may have become claimable (a
+  hint: a claim after it may still find nothing), never later than its timeout.
 * **sweep** reclaims tasks whose lease ran out (a failed attempt, reason
   ``lease_expired``), expires PENDING tasks past their deadline and fails
   running ones past it (``deadline_exceeded``). Safe to run concurrently.
@@ -272,6 +274,16 @@ class TaskStore(Protocol):
 
     async def workers(self, *, now_ms: int) -> list[WorkerInfo]:
         """Return the workers seen and not yet forgotten."""
+        ...
+
+    async def wait_for_work(self, after: int, timeout_s: float) -> int:
+        """Wait until tasks may have become claimable (a submit, a release, a backoff that
+        ended) since the store's wake-up count was ``after``, or ``timeout_s`` passed.
+
+        Returns the count now; ``after < 0`` (or no timeout) returns it at once, so a
+        caller reads it before a claim and waits with it after an empty one. A store that
+        cannot see other processes' changes waits out the timeout.
+        """
         ...
 
     async def close(self) -> None:

@@ -16,6 +16,8 @@
 --   types             SET    task types seen
 --   outbox            HASH   "<kind>|<partition>|<child>|<parent>" -> ms: follow-ups owed
 --                            to other partitions (kind r: release, f: fail)
+--   wake              Pub/Sub channel: a message (the partition number) when a call made
+--                            tasks claimable, at most one per call (redis_wake.py)
 -- ARGV[1]  this partition's number; ARGV[2] now (Unix ms). Scripts document the rest.
 --
 -- Ids and every integer travel as decimal strings (task ids are 63-bit: a Lua number,
@@ -31,6 +33,15 @@ end
 
 local function tkey(id)
   return PFX .. 't:' .. id
+end
+
+-- Tell waiting claimers that tasks became claimable here (once per call).
+local WOKEN = false
+local function wake()
+  if not WOKEN then
+    WOKEN = true
+    redis.call('PUBLISH', PFX .. 'wake', PART)
+  end
 end
 
 -- Return the record of a task as a table of fields (plus .id), or nil.
@@ -92,6 +103,7 @@ local function index(t)
     if redis.call('SCARD', PFX .. 'wait:' .. t.id) == 0 then
       if tonumber(t.a) <= NOW then
         redis.call('ZADD', PFX .. 'ready:' .. t.y, t.sk, t.id)
+        wake()
       else
         redis.call('ZADD', PFX .. 'delayed', t.a, t.id)
       end

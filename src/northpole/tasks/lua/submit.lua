@@ -12,6 +12,7 @@
 -- {"ok", events, follow-ups}: a PENDING task whose dependency here turned FAILED or EXPIRED
 -- since the caller read it is failed here (events), with its cascade.
 --
+-- Publishes on the partition's wake channel if a task became claimable.
 -- The index writes are batched: one ZADD per queue and one HINCRBY per depth counter for
 -- the whole call, not one per task.
 
@@ -72,6 +73,7 @@ for _, t in ipairs(tasks) do
     if t.nwait <= 0 then
       if tonumber(t.a) <= NOW then
         zadd(PFX .. 'ready:' .. t.y, t.sk, t.id)
+        wake()
       else
         zadd(PFX .. 'delayed', t.a, t.id)
       end
