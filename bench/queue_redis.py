@@ -286,6 +286,7 @@ class Options:
     rate: int
     seconds: float
     cluster: bool
+    cases: tuple[str, ...]
     our_modes: tuple[str, ...]
     timeout_s: float
 
@@ -604,11 +605,27 @@ async def our_paced(url: str, rate: int, seconds: float) -> int:
 def latency_case(
     run: Run, system: str, workers: Fleet, send: Callable[[int, float], int]
 ) -> dict[str, Any]:
-    """Paced sends with ``workers`` running; the probes' latencies."""
-    time.sleep(1.0)  # let the workers connect and start polling
-    workers.check_alive()
+    """Paced sends with ``workers`` running; the probes' latencies.
+
+    First a warm-up: 20 tasks every 0.1 s until every worker process has run one
+    (workers take from under a second to a few seconds to start), then until all
+    warm-up tasks ran; their latencies are dropped. Then the timed sends.
+    """
+    warm = 0
+    deadline = time.monotonic() + run.opts.timeout_s
+    while len(list(workers.probe_dir.glob("*.cnt"))) < len(workers.procs):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the workers did not all start running tasks")
+        workers.check_alive()
+        warm += send(200, 0.1)
+        time.sleep(0.1)
+    wait_done(workers, warm, run.opts.timeout_s)
+    time.sleep(0.2)  # the probes flush every 50 ms
+    for path in workers.probe_dir.glob("*.lat"):
+        path.unlink()
     sent = send(run.opts.rate, run.opts.seconds)
-    n, _, timed_out = wait_done(workers, sent, run.opts.timeout_s)
+    n, _, timed_out = wait_done(workers, warm + sent, run.opts.timeout_s)
+    n -= warm
     lat = percentiles(workers.latencies())
     out = record(system, "latency", n, run.opts.seconds, offered_rate=run.opts.rate)
     out.update(latency_ms=lat, p99_ms=lat["p99"], timed_out=timed_out)
@@ -776,19 +793,19 @@ def peer_cases(run: Run, system: str, server_url: str, db: int) -> None:
     os.environ["BENCH_REDIS_URL"] = url  # the handler module reads it at import
     os.environ["BENCH_PROBE_DIR"] = str(run.home)
     client.flushdb()
-    start = time.perf_counter()
-    peer_enqueue(system, url, opts.tasks, opts.batch)
-    run.report(
-        {
-            **record(system, "submit", opts.tasks, time.perf_counter() - start),
-            "settings": PEER_SETTINGS[system],
-        }
-    )
+    if "submit" in opts.cases:
+        start = time.perf_counter()
+        peer_enqueue(system, url, opts.tasks, opts.batch)
+        run.report(
+            {
+                **record(system, "submit", opts.tasks, time.perf_counter() - start),
+                "settings": PEER_SETTINGS[system],
+            }
+        )
     peak: list[float] = []
-    for count in (1, 2):
-        if count == 2:
-            client.flushdb()
-            peer_enqueue(system, url, opts.tasks, opts.batch)
+    for count in (1, 2) if "lifecycle" in opts.cases else ():
+        client.flushdb()
+        peer_enqueue(system, url, opts.tasks, opts.batch)
         with fleet(run, system, count, url, {}, f"life{count}") as workers:
             n, seconds, timed_out = wait_done(workers, opts.tasks, opts.timeout_s)
         peak += workers.peaks.values()
@@ -796,10 +813,11 @@ def peer_cases(run: Run, system: str, server_url: str, db: int) -> None:
         out["worker_peak_rss_mb"] = max(workers.peaks.values(), default=None)
         run.report(out)
     client.flushdb()
-    with fleet(run, system, 2, url, {}, "lat") as workers:
-        out = latency_case(run, system, workers, lambda r, s: peer_paced(system, url, r, s))
-    peak += workers.peaks.values()
-    run.report(out)
+    if "latency" in opts.cases:
+        with fleet(run, system, 2, url, {}, "lat") as workers:
+            out = latency_case(run, system, workers, lambda r, s: peer_paced(system, url, r, s))
+        peak += workers.peaks.values()
+        run.report(out)
     run.report({**record(system, "worker_rss", 1, 0), "peak_rss_mb": max(peak, default=None)})
     client.flushdb()
     client.close()
@@ -824,17 +842,18 @@ def our_cases(run: Run, url: str, *, where: str) -> None:
     """Every case of ours against ``url`` (``where``: single or cluster)."""
     opts = run.opts
     peak: list[float] = []
-    steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        ("submit_store", lambda: asyncio.run(our_submit_store(run, url))),
-    ]
-    if where == "single":
-        steps.append(("submit_http", lambda: asyncio.run(our_submit_http(run, url))))
+    steps: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+    if "submit" in opts.cases:
+        steps.append(("submit_store", lambda: asyncio.run(our_submit_store(run, url))))
+        if where == "single":
+            steps.append(("submit_http", lambda: asyncio.run(our_submit_http(run, url))))
     for mode in opts.our_modes:
-        for count in (1, 2):
+        for count in (1, 2) if "lifecycle" in opts.cases else ():
             steps.append(
                 (f"lifecycle_w{count}", lambda c=count, m=mode: our_lifecycle(run, url, c, m))
             )
-        steps.append(("latency", lambda m=mode: our_latency(run, url, m)))
+        if "latency" in opts.cases:
+            steps.append(("latency", lambda m=mode: our_latency(run, url, m)))
     for case, step in steps:
         flush(url)
         try:
@@ -935,6 +954,13 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--seconds", type=float, help="latency case: seconds (5, quick 1)")
     parser.add_argument("--no-cluster", action="store_true", help="skip the 3-master cluster")
     parser.add_argument(
+        "--case",
+        action="append",
+        default=[],
+        choices=("submit", "lifecycle", "latency"),
+        help="run only these cases (repeatable; worker_rss comes with the others)",
+    )
+    parser.add_argument(
         "--our-workers",
         choices=("direct", "http", "both"),
         default="both",
@@ -955,6 +981,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         rate=args.rate,
         seconds=args.seconds or (1.0 if args.quick else 5.0),
         cluster=not args.no_cluster,
+        cases=tuple(args.case) or ("submit", "lifecycle", "latency"),
         our_modes=modes,
         timeout_s=60.0 if args.quick else 180.0,
     )
