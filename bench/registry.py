@@ -8,10 +8,10 @@ Run from the repository root::
 
 A throwaway PostgreSQL 15 (``initdb`` + ``postgres`` as the ``postgres`` user,
 127.0.0.1 on a free port, default ``fsync=on``) serves the PostgreSQL cases;
-the app (Gift ID service, task queue, gift registry) runs as a subprocess of
-this script (``bench/registry.py serve-app``: uvicorn on a free port, a
-temporary data dir) and is driven over HTTP with aiohttp and an operator
-token. Cases (``--only`` takes a name or a prefix, and may be repeated):
+``northpole up`` (every part, the registry on that database or on SQLite)
+runs as a subprocess on a free port with a temporary data dir and is driven
+over HTTP with aiohttp and an operator token. Cases (``--only`` takes a name
+or a prefix, and may be repeated):
 
 ``registry.ingest_postgres``, ``registry.ingest_sqlite``
     ``--clients`` concurrent clients post ``{"gifts": [10,000 gifts]}`` to
@@ -69,6 +69,7 @@ from _common import (  # noqa: E402
     mint_token,
     peak_rss_mb,
     serve,
+    venv_tool,
     with_target,
 )
 from postgres_servers import PostgresProcess, remove, start_postgres  # noqa: E402
@@ -103,69 +104,12 @@ def percentile_ms(samples: list[float], q: float) -> float:
 # -- the server ---------------------------------------------------------------
 
 
-def serve_app(argv: list[str]) -> None:
-    """``serve-app --host H --port P``: run idgen + tasks + registry under uvicorn."""
-    import uvicorn
-    from pydantic_settings import BaseSettings, SettingsConfigDict
-
-    from northpole.bus.memory import MemoryStream
-    from northpole.core.app import create_app
-    from northpole.core.auth import TokenService, load_secret
-    from northpole.core.logging import configure_logging
-    from northpole.core.metrics import new_registry
-    from northpole.core.settings import Settings
-    from northpole.registry.service import build_registry_service
-    from northpole.registry.settings import RegistrySettings
-    from northpole.system import PARTS, Context
-
-    class RegistryEnv(BaseSettings):
-        model_config = SettingsConfigDict(
-            env_prefix="NORTHPOLE_", env_nested_delimiter="__", extra="ignore"
-        )
-        registry: RegistrySettings = RegistrySettings()
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--host")
-    parser.add_argument("--port", type=int)
-    args = parser.parse_args(argv)
-    settings = Settings()
-    configure_logging(service="northpole", level="WARNING")
-    from northpole.bus.port import InProcessBus
-    from northpole.core.clock import SystemClock
-
-    ctx = Context(settings, new_registry(), SystemClock(), InProcessBus())
-    for name in ("idgen", "tasks"):
-        ctx.built[name] = PARTS[name](ctx)
-    idgen: Any = ctx.built["idgen"]
-    registry = build_registry_service(
-        RegistryEnv().registry,
-        data_dir=settings.ensure_data_dir(),
-        epoch_ms=settings.idgen.epoch_ms,
-        registry=ctx.registry,
-        clock=ctx.clock,
-        bus=ctx.bus,
-        stream=MemoryStream(),
-        ids=idgen.generate_list,
-    )
-    tokens = TokenService(load_secret(settings), settings.auth, clock=ctx.clock)
-    app = create_app(
-        settings, [*ctx.built.values(), registry], registry=ctx.registry, tokens=tokens
-    )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
-
-
 @contextmanager
 def app_server(env: dict[str, str]) -> Iterator[tuple[str, str, int]]:
-    """Start the app; yield (base URL, operator token, pid)."""
-    # Loaded by path from ``-c``, so bench/ is not the first entry of the child's sys.path.
-    loader = (
-        "import importlib.util, sys;"
-        f"spec = importlib.util.spec_from_file_location('bench_registry', {__file__!r});"
-        "module = importlib.util.module_from_spec(spec); sys.modules['bench_registry'] = module;"
-        "spec.loader.exec_module(module);"
-        "module.serve_app(sys.argv[1:])"
-    )
-    with serve([sys.executable, "-c", loader], extra_env=env, ready_timeout_s=60) as server:
+    """Start ``northpole up`` (every part; the registry on ``env``'s database); yield
+    (base URL, operator token, pid)."""
+    env = {"NORTHPOLE_LOG_LEVEL": "WARNING", **env}
+    with serve([venv_tool("northpole"), "up"], extra_env=env, ready_timeout_s=60) as server:
         yield server.base_url, mint_token(server, "operator"), server.pid
 
 
@@ -392,9 +336,6 @@ def parse_args(argv: list[str] | None) -> Options:
 def main(argv: list[str] | None = None) -> int:
     """Run the selected cases."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["serve-app"]:
-        serve_app(argv[1:])
-        return 0
     opts = parse_args(argv)
     from northpole.core.logging import configure_logging
 
