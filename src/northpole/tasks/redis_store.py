@@ -31,9 +31,9 @@ script.
   ``outbox`` in the same script, then applies it with the ``apply`` script on
   the dependent's partition (release, or fail with ``dependency_failed``) and
   removes it. Follow-ups are idempotent; if the process dies in between, the
-  sweeper applies every follow-up older than ``outbox_grace_ms``. So a
-  dependent is released or failed *at least once, eventually*, not in the same
-  instant as its dependency.
+  sweeper (:mod:`~northpole.tasks.redis_sweep`) applies every follow-up older
+  than ``outbox_grace_ms``. So a dependent is released or failed *at least
+  once, eventually*, not in the same instant as its dependency.
 * *Submit* reads what it needs (idempotency keys, dependency states),
   validates the whole batch (unknown dependencies, cycles, duplicate ids)
   before writing anything, reserves the batch's idempotency keys in one script
@@ -76,11 +76,11 @@ import orjson
 
 from northpole.core.errors import InvalidInput, Unavailable
 from northpole.core.logging import get_logger
-from northpole.tasks import redis_claim, redis_report, redis_submit, transitions
+from northpole.tasks import redis_claim, redis_report, redis_submit, redis_sweep, transitions
 from northpole.tasks.model import Reason, Task, TaskEvent, TaskState
 from northpole.tasks.redis_batch import Coalescer
 from northpole.tasks.redis_codec import events_from_reply, task_from_flat, task_from_hash
-from northpole.tasks.redis_follow import FollowUp, apply_all, chunks, follow_items, record
+from northpole.tasks.redis_follow import FollowUp, apply_all, follow_items, record
 from northpole.tasks.redis_keys import Keys
 from northpole.tasks.redis_plan import FAILED_ENDS
 from northpole.tasks.redis_report import DURATION_WINDOW
@@ -100,8 +100,6 @@ from northpole.tasks.store import (
 
 _log = get_logger(__name__)
 S = TaskState
-#: Expired leases one sweep handles per partition.
-_SWEEP_LEASES = 1_000
 #: A completion on its way to a ``complete`` script: (partition, task id, worker, fence,
 #: result).
 _Done = tuple[int, int, str, int, str | None]
@@ -383,7 +381,7 @@ class RedisTaskStore:
             if delay_ms is None:
                 task = await self.get(task_id)
                 transitions.check_holder(task, worker_id, fence)
-                backoff = self._backoff(task.retry_count)
+                backoff = self.backoff(task.retry_count)
             else:
                 backoff = delay_ms
         [reply] = await self.runner.run(
@@ -477,34 +475,9 @@ class RedisTaskStore:
 
     async def sweep(self, *, now_ms: int, worker_ttl_ms: int) -> list[TaskEvent]:
         """Reclaim expired leases, apply deadlines, forget workers silent for ``worker_ttl_ms``."""
-        scans = await self.runner.run(
-            [
-                self.call("sweep_scan", p, now_ms, self._grace_ms, _SWEEP_LEASES)
-                for p in range(self.partitions)
-            ],
-            write=False,
+        return await redis_sweep.sweep(
+            self, now_ms=now_ms, worker_ttl_ms=worker_ttl_ms, grace_ms=self._grace_ms
         )
-        events: list[TaskEvent] = []
-        owed: list[FollowUp] = []
-        calls = []
-        for partition, (leases, late, due) in enumerate(scans):
-            owed += follow_items(partition, chunks(late, 4))
-            args: list[str | int] = [self.aging_ms, len(leases) // 3]
-            for task_id, fence, retry_count in chunks(leases, 3):
-                args += [task_id, fence, self._backoff(int(retry_count))]
-            if leases or int(due):
-                calls.append(self.call("sweep", partition, now_ms, *args))
-        if owed:
-            events += await self.follow(owed, now_ms)
-        follow: list[FollowUp] = []
-        for call, (evs, more) in zip(calls, await self.runner.run(calls), strict=True):
-            events += events_from_reply(evs)
-            follow += follow_items(int(call.args[0]), more)
-        events += await self.follow(follow, now_ms)
-        await self.runner.run(
-            [Call("forget", (self.keys.workers_prefix,), (now_ms - worker_ttl_ms,))]
-        )
-        return events
 
     async def wait_for_work(self, after: int, timeout_s: float) -> int:
         """Wait for a wake-up published by a script (:mod:`northpole.tasks.redis_wake`)."""
@@ -543,5 +516,6 @@ class RedisTaskStore:
             _log.warning("cross-partition follow-ups left to the sweeper", error=str(exc))
         return events
 
-    def _backoff(self, retry_count: int) -> int:
+    def backoff(self, retry_count: int) -> int:
+        """The retry delay (ms) of a task that failed ``retry_count`` retried attempts so far."""
         return self.policy.delay_ms(retry_count + 1, self._rng)
