@@ -32,7 +32,7 @@ import orjson
 from northpole.core.errors import NorthpoleError, Unavailable
 from northpole.core.logging import get_logger
 from northpole.tasks.model import Task, TaskState
-from northpole.tasks.store import Claim, Heartbeat, HeartbeatAnswer
+from northpole.tasks.store import Claim, CompleteRequest, Heartbeat, HeartbeatAnswer
 
 _log = get_logger(__name__)
 
@@ -199,6 +199,12 @@ class TaskServicePort(Protocol):
         """Record success; return the task or its new state."""
         ...
 
+    async def complete_many(
+        self, items: Sequence[CompleteRequest]
+    ) -> Sequence[TaskState | NorthpoleError]:
+        """Record many successes; per item, the new state or the error that refused it."""
+        ...
+
     async def fail(
         self,
         task_id: int,
@@ -235,13 +241,15 @@ class LocalBackend:
     async def ack(
         self, worker_id: str, completed: Sequence[Completion], failed: Sequence[Failure]
     ) -> list[AckResult]:
-        """Complete and fail one by one; a refused item (stale fence, ...) is a not-ok result."""
+        """Complete all at once (one store call), then fail one by one; a refused item
+        (stale fence, ...) is a not-ok result."""
         results: list[AckResult] = []
-        for done in completed:
-            call = self._service.complete(
-                done.task_id, worker_id=worker_id, fence=done.fence, result=done.result
+        if completed:
+            states = await self._service.complete_many(
+                [CompleteRequest(d.task_id, worker_id, d.fence, d.result) for d in completed]
             )
-            results.append(await _applied(done.task_id, call))
+            for done, state in zip(completed, states, strict=True):
+                results.append(await _applied(done.task_id, _ready(state)))
         for bad in failed:
             delay_ms = None if bad.retry_delay_s is None else round(bad.retry_delay_s * 1000)
             call = self._service.fail(
@@ -257,6 +265,12 @@ class LocalBackend:
 
     async def close(self) -> None:
         """Nothing to release: the service belongs to the caller."""
+
+
+async def _ready(state: TaskState | NorthpoleError) -> TaskState:
+    if isinstance(state, NorthpoleError):
+        raise state
+    return state
 
 
 async def _applied(task_id: int, call: Awaitable[Task | TaskState]) -> AckResult:
