@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -137,6 +138,10 @@ def up(
     settings = _settings(host, port)
     if cluster:
         check_cluster(settings)
+    if demo and "NORTHPOLE_LOG_LEVEL" not in os.environ:
+        # The demo's tens of thousands of requests would each log a line
+        # between its progress bars; NORTHPOLE_LOG_LEVEL=INFO brings them back.
+        settings.log_level = "WARNING"
     _run(settings, list(PARTS), then=_start_demo(settings, demo_gifts) if demo else None)
 
 
