@@ -51,6 +51,8 @@ class TaskState(StrEnum):
 
 
 _FINAL = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.EXPIRED})
+#: Final states that fail a task's dependents.
+FAILED_ENDS = frozenset({TaskState.FAILED, TaskState.EXPIRED})
 _RUNNING = frozenset({TaskState.ASSIGNED, TaskState.IN_PROGRESS})
 
 

@@ -77,12 +77,11 @@ import orjson
 from northpole.core.errors import InvalidInput, Unavailable
 from northpole.core.logging import get_logger
 from northpole.tasks import redis_claim, redis_report, redis_submit, redis_sweep, transitions
-from northpole.tasks.model import Reason, Task, TaskEvent, TaskState
+from northpole.tasks.model import FAILED_ENDS, Reason, Task, TaskEvent, TaskState
 from northpole.tasks.redis_batch import Coalescer
 from northpole.tasks.redis_codec import events_from_reply, task_from_flat, task_from_hash
 from northpole.tasks.redis_follow import FollowUp, apply_all, follow_items, record
 from northpole.tasks.redis_keys import Keys
-from northpole.tasks.redis_plan import FAILED_ENDS
 from northpole.tasks.redis_report import DURATION_WINDOW
 from northpole.tasks.redis_scripts import Call, Client, ScriptRunner, connect
 from northpole.tasks.redis_wake import WorkSignal

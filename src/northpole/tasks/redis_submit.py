@@ -29,10 +29,10 @@ import orjson
 
 from northpole.core.errors import Conflict, InvalidInput, Unavailable
 from northpole.tasks import transitions
+from northpole.tasks.batch import doomed, split_twins
 from northpole.tasks.model import Reason, Task, TaskEvent, TaskState
 from northpole.tasks.redis_codec import events_from_reply, submitted_event, task_fields
 from northpole.tasks.redis_follow import FollowUp, follow_items
-from northpole.tasks.redis_plan import doomed, split_twins
 from northpole.tasks.redis_scripts import Call
 from northpole.tasks.scheduler import find_cycle
 from northpole.tasks.store import DependencyCycle, UnknownDependency

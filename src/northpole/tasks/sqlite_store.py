@@ -59,7 +59,6 @@ its dependencies is still FAILED or EXPIRED fails again at once
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import heapq
 import random
@@ -74,7 +73,8 @@ import orjson
 from northpole.core.errors import Conflict, InvalidInput, Unavailable
 from northpole.core.sqlite import SqliteThread
 from northpole.tasks import transitions
-from northpole.tasks.model import Reason, Task, TaskEvent, TaskState
+from northpole.tasks.batch import doomed, split_twins
+from northpole.tasks.model import FAILED_ENDS, Reason, Task, TaskEvent, TaskState
 from northpole.tasks.retry import RetryPolicy
 from northpole.tasks.scheduler import assign_partitions, find_cycle, schedule_key, steal_order
 from northpole.tasks.sqlite_schema import (
@@ -136,7 +136,6 @@ _T = TypeVar("_T")
 _MAX_PROBES = 64
 #: How long counts of claimable tasks per partition rank partitions for stealing.
 _DEPTH_TTL_MS = 1_000
-_FAILED_ENDS = frozenset({S.FAILED, S.EXPIRED})
 
 
 def _submitted(task: Task, now_ms: int) -> TaskEvent:
@@ -438,7 +437,7 @@ class SqliteTaskStore:
             new, event = transitions.redrive(task, now_ms=now_ms)
             events = [event]
             failed = [
-                d for d, t in _load_many(conn, new.dependencies).items() if t.state in _FAILED_ENDS
+                d for d, t in _load_many(conn, new.dependencies).items() if t.state in FAILED_ENDS
             ]
             if failed:
                 new, event = transitions.fail_final(
@@ -519,7 +518,7 @@ class SqliteTaskStore:
     ) -> list[TaskEvent]:
         """Fail the PENDING dependents of ``roots`` that ended FAILED or EXPIRED, transitively."""
         events: list[TaskEvent] = []
-        frontier = [t.id for t in roots if t.state in _FAILED_ENDS]
+        frontier = [t.id for t in roots if t.state in FAILED_ENDS]
         while frontier:
             failed: dict[int, Task] = {}
             for row in conn.execute(PENDING_DEPENDENTS, (to_json(frontier),)).fetchall():
@@ -557,7 +556,8 @@ class SqliteTaskStore:
     def _submit(
         self, conn: sqlite3.Connection, batch: list[Task], now_ms: int
     ) -> tuple[list[Task], list[TaskEvent]]:
-        new, twin_of, stored_twins = _split_twins(conn, batch)
+        twins = split_twins(batch, _stored_by_key(conn, batch))
+        new, twin_of, stored_twins = twins.new, twins.twin_of, twins.stored
         if not new:
             return [stored_twins[twin_of[t.id]] for t in batch], []
         new_ids = {t.id for t in new}
@@ -570,7 +570,7 @@ class SqliteTaskStore:
             raise Conflict(f"task {clash[0]} already exists", field="id")
         final = {t.id: t for t in new}
         events = [_submitted(t, now_ms) for t in new]
-        for task_id, dependency in _doomed(new, new_ids, states):
+        for task_id, dependency in doomed(new, new_ids, states):
             failed, event = transitions.fail_final(
                 final[task_id],
                 reason=Reason.DEPENDENCY_FAILED,
@@ -815,43 +815,6 @@ class _DepthCache:
         return depths
 
 
-def _split_twins(
-    conn: sqlite3.Connection, batch: list[Task]
-) -> tuple[list[Task], dict[int, int], dict[int, Task]]:
-    """Separate new tasks from those whose idempotency key is stored or earlier in the batch.
-
-    Returns:
-        The new tasks (dependencies on twins rewritten to the twin), each twin's
-        batch id -> the id it stands for, and the stored twins by id.
-    """
-    keys = [t.idempotency_key for t in batch if t.idempotency_key is not None]
-    stored: dict[str, Task] = {}
-    if keys:
-        rows = conn.execute(SELECT_KEYS, (to_json(keys),))
-        stored = {row[8]: task_from_row(row) for row in rows}
-    if not stored and len(set(keys)) == len(keys):
-        return batch, {}, {}
-    first: dict[str, int] = {key: task.id for key, task in stored.items()}
-    twin_of: dict[int, int] = {}
-    new: list[Task] = []
-    for task in batch:
-        key = task.idempotency_key
-        if key is not None and key in first:
-            twin_of[task.id] = first[key]
-            continue
-        if key is not None:
-            first[key] = task.id
-        new.append(task)
-    if twin_of:
-        new = [_rewire(t, twin_of) for t in new]
-    return new, twin_of, {t.id: t for t in stored.values()}
-
-
-def _rewire(task: Task, twin_of: dict[int, int]) -> Task:
-    deps = tuple(twin_of.get(d, d) for d in task.dependencies)
-    return task if deps == task.dependencies else dataclasses.replace(task, dependencies=deps)
-
-
 def _dependency_states(
     conn: sqlite3.Connection, new: list[Task], new_ids: set[int]
 ) -> dict[int, TaskState]:
@@ -869,24 +832,9 @@ def _dependency_states(
     return states
 
 
-def _doomed(
-    new: list[Task], new_ids: set[int], states: dict[int, TaskState]
-) -> list[tuple[int, int]]:
-    """Return ``(task, failed dependency)`` for new tasks that must fail at once, in cause order."""
-    if not states:
-        return []
-    doomed: dict[int, int] = {}
-    dependents: dict[int, list[int]] = {}
-    for task in new:
-        for dependency in task.dependencies:
-            if dependency in new_ids:
-                dependents.setdefault(dependency, []).append(task.id)
-            elif states[dependency] in _FAILED_ENDS:
-                doomed.setdefault(task.id, dependency)
-    frontier = list(doomed)
-    for task_id in frontier:  # grows while we walk it: a breadth-first walk
-        for dependent in dependents.get(task_id, ()):
-            if dependent not in doomed:
-                doomed[dependent] = task_id
-                frontier.append(dependent)
-    return list(doomed.items())
+def _stored_by_key(conn: sqlite3.Connection, batch: list[Task]) -> dict[str, Task]:
+    """The stored tasks holding an idempotency key of ``batch``, by key."""
+    keys = [t.idempotency_key for t in batch if t.idempotency_key is not None]
+    if not keys:
+        return {}
+    return {row[8]: task_from_row(row) for row in conn.execute(SELECT_KEYS, (to_json(keys),))}

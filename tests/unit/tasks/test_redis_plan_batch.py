@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
+from northpole.tasks.batch import doomed, split_twins
 from northpole.tasks.model import Task, TaskState
 from northpole.tasks.redis_batch import Coalescer
-from northpole.tasks.redis_plan import Peek, doomed, plan_claim, split_twins
+from northpole.tasks.redis_plan import Peek, plan_claim
 
 S = TaskState
 
