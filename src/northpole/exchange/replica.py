@@ -387,7 +387,7 @@ class MatcherReplica:
 
         Raises:
             ProposalRejected: No majority of yes votes (the exchange is back in REGISTRATION).
-            Unavailable: This replica stopped leading.
+            Unavailable: This replica stopped leading (before or during the vote or commit).
             Conflict: The exchange changed meanwhile (cancelled).
         """
         leadership = self._leading()
@@ -411,6 +411,9 @@ class MatcherReplica:
             await tpc.step("voted")
             votes = await tpc.votes(ex, prepared.record.proposal)
             if not tpc.accepted(votes):
+                # Votes fail to land when the leadership moves mid-vote (the next
+                # leader aborts the open proposal): that is a retry, not a verdict.
+                self._leading()
                 yes = len([v for v in votes if v.yes])
                 raise ProposalRejected(
                     f"the replicas did not accept the matching ({yes} of "
@@ -418,7 +421,8 @@ class MatcherReplica:
                 )
             committed = await tpc.commit(record, state, prepared, fence=fence)
             if committed is None:
-                raise Conflict("the exchange or the leadership changed before the commit")
+                self._leading()  # a lost leadership is a retry (503), a changed exchange a 409
+                raise Conflict("the exchange changed before the commit")
         except BaseException as exc:
             self.metrics.commits.labels(type(exc).__name__).inc()
             await asyncio.shield(self._abort(tpc, record, state, fence))
