@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -108,7 +107,9 @@ class TaskContext:
     idempotency_key: str | None = None
     deadline_ms: int | None = None
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
-    _cancelled_flag: threading.Event = field(default_factory=threading.Event, repr=False)
+    # A plain flag: reading and setting one attribute is atomic under the GIL, and
+    # a threading.Event (a lock and a condition) per task is a cost every task pays.
+    _cancelled_flag: bool = field(default=False, repr=False)
 
     @property
     def deadline(self) -> datetime | None:
@@ -124,11 +125,11 @@ class TaskContext:
 
     def is_cancelled(self) -> bool:
         """Return whether the task was taken away; safe to call from any thread."""
-        return self._cancelled_flag.is_set()
+        return self._cancelled_flag
 
     def cancel(self) -> None:
         """Mark the task cancelled (the worker calls this on its event loop's thread)."""
-        self._cancelled_flag.set()
+        self._cancelled_flag = True
         self.cancelled.set()
 
 

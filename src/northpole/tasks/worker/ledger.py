@@ -1,4 +1,9 @@
-"""The ledger: every task the worker holds, and where each one is (queued, running, acking)."""
+"""The ledger: every task the worker holds, and where each one is (queued, running, acking).
+
+Every count the pool asks for per task (how many are queued or running, how many
+run) is kept up to date as tasks move, so each costs O(1): the claimer and the
+runner ask on every task, and a worker may hold thousands.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +40,8 @@ class HeldTasks:
 
     def __init__(self) -> None:
         self._held: dict[int, Held] = {}
-        self._changed = asyncio.Event()
+        self._counts = dict.fromkeys(Phase, 0)
+        self._waiters: list[asyncio.Future[None]] = []
 
     def add(self, assignment: Assignment) -> Held:
         """Start holding a freshly claimed task."""
@@ -50,12 +56,19 @@ class HeldTasks:
             deadline_ms=assignment.deadline_ms,
         )
         held = Held(assignment, context)
+        old = self._held.get(assignment.task_id)
+        if old is not None:  # back under a new fence before news of the old one arrived
+            self._counts[old.phase] -= 1
         self._held[assignment.task_id] = held
+        self._counts[Phase.QUEUED] += 1
         self.notify()
         return held
 
     def move(self, held: Held, phase: Phase) -> None:
         """Move a task to ``phase``."""
+        if self._held.get(held.assignment.task_id) is held:
+            self._counts[held.phase] -= 1
+            self._counts[phase] += 1
         held.phase = phase
         self.notify()
 
@@ -73,6 +86,7 @@ class HeldTasks:
         held = self.get(task_id, fence)
         if held is not None:
             del self._held[task_id]
+            self._counts[held.phase] -= 1
             self.notify()
         return held
 
@@ -92,12 +106,17 @@ class HeldTasks:
 
     def count(self, *phases: Phase) -> int:
         """Return how many tasks are in any of ``phases``."""
-        return sum(1 for held in self._held.values() if held.phase in phases)
+        return sum(self._counts[phase] for phase in phases)
 
     @property
     def active(self) -> int:
         """Tasks queued or running (what counts against the claim limit)."""
-        return self.count(Phase.QUEUED, Phase.RUNNING)
+        return self._counts[Phase.QUEUED] + self._counts[Phase.RUNNING]
+
+    @property
+    def running(self) -> int:
+        """Tasks whose handler runs."""
+        return self._counts[Phase.RUNNING]
 
     def holding(self) -> tuple[tuple[int, int], ...]:
         """``(task_id, fence)`` of every held task."""
@@ -122,9 +141,19 @@ class HeldTasks:
 
     async def changed(self) -> None:
         """Wait for the next change of any task."""
-        await self._changed.wait()
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if not waiter.done():
+                waiter.cancel()
 
     def notify(self) -> None:
-        """Wake everything waiting in :meth:`changed`."""
-        self._changed.set()
-        self._changed = asyncio.Event()
+        """Wake everything waiting in :meth:`changed` (nothing to do when nobody waits)."""
+        if not self._waiters:
+            return
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)

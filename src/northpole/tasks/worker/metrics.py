@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -34,6 +34,15 @@ class WorkerMetrics:
     processing: Histogram
     utilization: Gauge
     outcomes: Counter
+    _outcome_children: dict[tuple[str, str], Counter] = field(default_factory=dict)
+
+    def outcome(self, task_type: str, outcome: str) -> Counter:
+        """The ``outcomes`` child of ``(task_type, outcome)``, looked up once per pair."""
+        key = (task_type, outcome)
+        child = self._outcome_children.get(key)
+        if child is None:
+            child = self._outcome_children[key] = self.outcomes.labels(task_type, outcome)
+        return child
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> WorkerMetrics:

@@ -278,7 +278,7 @@ class WorkerPool:
                 code=result.error_code,
                 error=result.message,
             )
-        self.metrics.outcomes.labels(task_type, outcome).inc()
+        self.metrics.outcome(task_type, outcome).inc()
 
     def _take_away(self, task_id: int, fence: int) -> None:
         held = self._held.take_away(task_id, fence)

@@ -1,16 +1,21 @@
 """The Runner: runs at most ``concurrency`` handlers at once.
 
 Async handlers run as asyncio tasks, sync ones in a thread pool of the same size.
+Everything done per task is kept cheap (a worker runs tens of thousands a second):
+the utilization gauge is computed when scraped, metric children are looked up once
+per task type, and the "task finished" line is only built when INFO is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
+from prometheus_client import Histogram
 
 from northpole.core.logging import get_logger
 from northpole.tasks.backends import Assignment
@@ -19,6 +24,7 @@ from northpole.tasks.worker.ledger import Held, HeldTasks, Phase
 from northpole.tasks.worker.metrics import WorkerMetrics
 
 _log = get_logger(__name__)
+_stdlib_log = logging.getLogger(__name__)  # where our lines end up, and whose level counts
 
 
 class Runner:
@@ -49,6 +55,8 @@ class Runner:
         self._metrics = metrics
         self._concurrency = concurrency
         self._gauge = metrics.utilization.labels(worker_id)
+        self._gauge.set_function(lambda: self._held.running / self._concurrency)
+        self._durations: dict[str, Histogram] = {}
         self._slots = asyncio.Semaphore(concurrency)
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="northpole-task")
         self._tasks: dict[asyncio.Task[None], Held] = {}
@@ -56,9 +64,12 @@ class Runner:
     def dispatch(self, assignment: Assignment) -> None:
         """Hold a claimed task and schedule its handler for the next free slot."""
         held = self._held.add(assignment)
-        task = asyncio.create_task(self._run(held), name=f"task-{assignment.task_id}")
+        task = asyncio.create_task(self._run(held))
         self._tasks[task] = held
-        task.add_done_callback(lambda done: self._tasks.pop(done, None))
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
 
     async def abandon(self) -> None:
         """Take away every queued or running task: cancel it and report nothing."""
@@ -73,7 +84,7 @@ class Runner:
     def shutdown(self) -> None:
         """Stop the thread pool; sync handlers still running finish in the background."""
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._gauge.set(0)
+        self._gauge.set_function(lambda: 0.0)
 
     async def _run(self, held: Held) -> None:
         a = held.assignment
@@ -81,41 +92,42 @@ class Runner:
             if held.taken_away:
                 return
             self._held.move(held, Phase.RUNNING)
-            self._utilization()
-            try:
-                outcome = await self._execute(held)
-            finally:
-                self._utilization(finished=True)
+            outcome = await self._execute(held)
         if held.taken_away:
             self._held.release(a.task_id, a.fence)
-            self._metrics.outcomes.labels(a.task_type, "cancelled").inc()
+            self._metrics.outcome(a.task_type, "cancelled").inc()
             return
         self._held.move(held, Phase.ACKING)
         self._report(held, outcome)
 
     async def _execute(self, held: Held) -> Outcome:
         a = held.assignment
-        with structlog.contextvars.bound_contextvars(
+        # Each task runs in an asyncio task of its own, with a copy of the context: what
+        # is bound here is gone when it ends, so nothing needs unbinding.
+        structlog.contextvars.bind_contextvars(
             task_id=str(a.task_id), gift_id=str(a.gift_id), task_type=a.task_type, attempt=a.attempt
-        ):
-            started = time.perf_counter()
-            try:
-                outcome = await invoke(
-                    self._registry.get(a.task_type), held.context, self._executor
-                )
-            except NoHandler as exc:
-                outcome = Outcome(error=exc.message, retry=False)
-            elapsed = time.perf_counter() - started
-            self._metrics.processing.labels(a.task_type).observe(elapsed)
+        )
+        started = time.perf_counter()
+        try:
+            outcome = await invoke(self._registry.get(a.task_type), held.context, self._executor)
+        except NoHandler as exc:
+            outcome = Outcome(error=exc.message, retry=False)
+        elapsed = time.perf_counter() - started
+        self._duration(a.task_type).observe(elapsed)
+        if not outcome.ok:
             fields: dict[str, object] = {"duration_ms": round(elapsed * 1000, 3)}
             if held.taken_away:
                 fields["taken_away"] = True
-            if outcome.ok:
-                _log.info("task finished", **fields)
-            else:
-                _log.warning("task failed", error=outcome.error, retry=outcome.retry, **fields)
+            _log.warning("task failed", error=outcome.error, retry=outcome.retry, **fields)
+        elif _stdlib_log.isEnabledFor(logging.INFO):
+            fields = {"duration_ms": round(elapsed * 1000, 3)}
+            if held.taken_away:
+                fields["taken_away"] = True
+            _log.info("task finished", **fields)
         return outcome
 
-    def _utilization(self, *, finished: bool = False) -> None:
-        running = self._held.count(Phase.RUNNING) - (1 if finished else 0)
-        self._gauge.set(max(running, 0) / self._concurrency)
+    def _duration(self, task_type: str) -> Histogram:
+        child = self._durations.get(task_type)
+        if child is None:
+            child = self._durations[task_type] = self._metrics.processing.labels(task_type)
+        return child
