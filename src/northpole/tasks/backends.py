@@ -249,7 +249,10 @@ class LocalBackend:
                 [CompleteRequest(d.task_id, worker_id, d.fence, d.result) for d in completed]
             )
             for done, state in zip(completed, states, strict=True):
-                results.append(await _applied(done.task_id, _ready(state)))
+                if isinstance(state, NorthpoleError):
+                    results.append(_refused(done.task_id, state))
+                else:
+                    results.append(AckResult(done.task_id, ok=True, state=state.value))
         for bad in failed:
             delay_ms = None if bad.retry_delay_s is None else round(bad.retry_delay_s * 1000)
             call = self._service.fail(
@@ -267,10 +270,11 @@ class LocalBackend:
         """Nothing to release: the service belongs to the caller."""
 
 
-async def _ready(state: TaskState | NorthpoleError) -> TaskState:
-    if isinstance(state, NorthpoleError):
-        raise state
-    return state
+def _refused(task_id: int, exc: NorthpoleError) -> AckResult:
+    """A refused ack (stale fence, unknown task); a down service is raised instead."""
+    if isinstance(exc, Unavailable):  # the acker retries the batch
+        raise exc
+    return AckResult(task_id, ok=False, error_code=exc.code, message=exc.message)
 
 
 async def _applied(task_id: int, call: Awaitable[Task | TaskState]) -> AckResult:
@@ -280,7 +284,7 @@ async def _applied(task_id: int, call: Awaitable[Task | TaskState]) -> AckResult
     except Unavailable:  # the service itself is down: the acker retries the batch
         raise
     except NorthpoleError as exc:
-        return AckResult(task_id, ok=False, error_code=exc.code, message=exc.message)
+        return _refused(task_id, exc)
     state = answer.state if isinstance(answer, Task) else answer
     return AckResult(task_id, ok=True, state=state.value)
 

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from northpole.tasks.model import Task, TaskEvent
-from northpole.tasks.redis_codec import events_from_reply, task_from_flat
+from northpole.tasks.model import Task, TaskEvent, TaskState
+from northpole.tasks.redis_codec import events_from_reply, task_from_hash
 from northpole.tasks.redis_plan import Peek, plan_claim
 from northpole.tasks.redis_scripts import Call
 from northpole.tasks.scheduler import assign_partitions, schedule_key
@@ -135,21 +135,52 @@ async def _claim_round(
     short = False
     own: list[Task] = []
     stolen: list[Task] = []
-    event_of: dict[int, TaskEvent] = {}
-    for (partition, n), (records, evs) in zip(plan, replies, strict=True):
-        tasks = [task_from_flat(r) for r in records]
+    changes = {
+        "s": "ASSIGNED",
+        "w": claim.worker_id,
+        "l": str(now_ms + claim.lease_ms),
+        "u": str(now_ms),
+        "cl": str(now_ms),
+    }
+    for (partition, n), records in zip(plan, replies, strict=True):
+        tasks = [assigned(r, changes) for r in records]
         short = short or len(tasks) < n
         for task in tasks:
             store.remember(task.id, partition)
         (own if partition in own_parts else stolen).extend(tasks)
-        event_of.update((e.task_id, e) for e in events_from_reply(evs))
     if len(own) > 1:
         aging = store.aging_ms
         own.sort(key=lambda t: (schedule_key(t.priority, t.available_ms, aging), t.id))
     for task in (*own, *stolen):
         claimed.append(task)
-        events.append(event_of[task.id])
+        events.append(
+            TaskEvent(
+                task_id=task.id,
+                gift_id=task.gift_id,
+                task_type=task.task_type,
+                old_state=TaskState.PENDING,
+                new_state=TaskState.ASSIGNED,
+                at_ms=now_ms,
+                attempt=task.attempts,
+                started_ms=task.started_ms,
+            )
+        )
     return short
+
+
+def assigned(before: list[str], changes: dict[str, str]) -> Task:
+    """The task of a ``claim`` record as read before the assignment, with its changes.
+
+    The script returns the record as it read it (no re-encoding in Lua); an
+    assignment sets ``changes`` (state, worker, lease end, update and claim times)
+    and increments the fence and the attempts.
+    """
+    it = iter(before)
+    fields = dict(zip(it, it, strict=True))
+    fields.update(changes)
+    fields["f"] = str(int(fields["f"]) + 1)
+    fields["n"] = str(int(fields["n"]) + 1)
+    return task_from_hash(fields)
 
 
 async def heartbeat(store: RedisTaskStore, beat: Heartbeat, now_ms: int) -> HeartbeatAnswer:

@@ -153,6 +153,38 @@ def events_from_reply(items: Sequence[Sequence[Any]]) -> list[TaskEvent]:
     return [event_from_reply(item) for item in items]
 
 
+def completed_events(task_id: int, reply: Sequence[str], at_ms: int) -> list[TaskEvent]:
+    """The events of one ``complete`` script result ``["ok", gift, type, attempt, started,
+    was assigned]``: ASSIGNED -> IN_PROGRESS first if it was assigned, then -> COMPLETED."""
+    _, gift, task_type, attempt, started, was_assigned = reply
+    gift_id, n, started_ms = int(gift), int(attempt), int(started)
+    done = TaskEvent(
+        task_id,
+        gift_id,
+        task_type,
+        TaskState.IN_PROGRESS,
+        TaskState.COMPLETED,
+        at_ms,
+        None,
+        n,
+        started_ms,
+    )
+    if was_assigned == "0":
+        return [done]
+    start = TaskEvent(
+        task_id,
+        gift_id,
+        task_type,
+        TaskState.ASSIGNED,
+        TaskState.IN_PROGRESS,
+        at_ms,
+        None,
+        n,
+        started_ms,
+    )
+    return [start, done]
+
+
 def submitted_event(task: Task, now_ms: int) -> TaskEvent:
     """The ``None -> PENDING`` event of a newly stored task."""
     return TaskEvent(

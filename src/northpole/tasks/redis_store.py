@@ -79,7 +79,12 @@ from northpole.core.logging import get_logger
 from northpole.tasks import redis_claim, redis_report, redis_submit, redis_sweep, transitions
 from northpole.tasks.model import FAILED_ENDS, Reason, Task, TaskEvent, TaskState
 from northpole.tasks.redis_batch import Coalescer
-from northpole.tasks.redis_codec import events_from_reply, task_from_flat, task_from_hash
+from northpole.tasks.redis_codec import (
+    completed_events,
+    events_from_reply,
+    task_from_flat,
+    task_from_hash,
+)
 from northpole.tasks.redis_follow import FollowUp, apply_all, follow_items, record
 from northpole.tasks.redis_keys import Keys
 from northpole.tasks.redis_report import DURATION_WINDOW
@@ -306,8 +311,12 @@ class RedisTaskStore:
     ) -> list[CompleteOutcome]:
         """Record many successes in one script per partition; per item, events or error."""
         where = await self.locate(i.task_id for i in items)
-        out: list[CompleteOutcome] = [TaskNotFound(i.task_id) for i in items]
         located = [k for k, item in enumerate(items) if item.task_id in where]
+        out: list[CompleteOutcome] = (
+            [[] for _ in items]
+            if len(located) == len(items)
+            else [TaskNotFound(i.task_id) for i in items]
+        )
         done: list[_Done] = [
             (where[i.task_id], i.task_id, i.worker_id, i.fence, i.result)
             for i in (items[k] for k in located)
@@ -346,15 +355,17 @@ class RedisTaskStore:
         replies = await self.runner.run(calls) if calls else []
         out: list[CompleteOutcome] = [[] for _ in items]
         follow: list[FollowUp] = []
+        at = now_ms
         for (partition, indexes), (results, owed) in zip(groups.items(), replies, strict=True):
-            for i, (code, flat, events) in zip(indexes, results, strict=True):
+            for i, result in zip(indexes, results, strict=True):
                 _, task_id, worker_id, fence, _ = items[i]
-                if code == "missing":
+                code = result[0]
+                if code == "ok":
+                    out[i] = completed_events(task_id, result, at)
+                elif code == "missing":
                     out[i] = TaskNotFound(task_id)
-                elif code == "stale":
-                    out[i] = transitions.StaleFence(task_from_flat(flat), worker_id, fence)
                 else:
-                    out[i] = events_from_reply(events)
+                    out[i] = transitions.StaleFence(task_from_flat(result[1]), worker_id, fence)
             follow += follow_items(partition, owed)
         if follow:
             await self.follow(follow, now_ms)

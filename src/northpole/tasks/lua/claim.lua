@@ -5,8 +5,11 @@
 -- ARGV[1]  partition number        ARGV[2]  now (ms)        ARGV[3]  n
 -- ARGV[4]  lease (ms)              ARGV[5]  worker id
 -- ARGV[6]  number of task types K, then K types (none: every type)
--- Returns {records, events}: each record {field, value, ...} after the assignment, in
--- claim order. A task past its deadline is left for the sweeper to expire.
+-- Returns the claimed records in claim order, each {field, value, ...} as read BEFORE the
+-- assignment: the assignment changes exactly s=ASSIGNED, w=worker, l=now+lease, f=f+1,
+-- n=n+1, u=cl=now, which the caller applies (redis_claim.assigned), as it builds the
+-- PENDING -> ASSIGNED events itself. Nothing is re-encoded here: the reply is HGETALL's.
+-- A task past its deadline is left for the sweeper to expire.
 --
 -- The index writes are batched: one ZREM per queue, one ZADD of leases, one HINCRBY per
 -- counter for the whole call.
@@ -19,9 +22,9 @@ local types = {}
 for i = 1, tonumber(ARGV[6]) do
   types[i] = ARGV[6 + i]
 end
-local records, events = {}, {}
+local records = {}
 if n <= 0 then
-  return {records, events}
+  return records
 end
 local removed, rorder, counts, corder, leases = {}, {}, {}, {}, {}
 local function drop(key, id)
@@ -42,30 +45,35 @@ local function bump(field, delta)
 end
 for _, head in ipairs(heads(queues(types), n + 16)) do
   local id = head[2]
-  local raw = redis.call('HGETALL', tkey(id))
-  local t = {}
+  local key = tkey(id)
+  local raw = redis.call('HGETALL', key)
+  local s, dl, f, nn, y, p
   for i = 1, #raw, 2 do
-    t[raw[i]] = raw[i + 1]
+    local field = raw[i]
+    if field == 's' then
+      s = raw[i + 1]
+    elseif field == 'f' then
+      f = raw[i + 1]
+    elseif field == 'n' then
+      nn = raw[i + 1]
+    elseif field == 'y' then
+      y = raw[i + 1]
+    elseif field == 'p' then
+      p = raw[i + 1]
+    elseif field == 'dl' then
+      dl = raw[i + 1]
+    end
   end
-  if t.s == 'PENDING' and not (t.dl and tonumber(t.dl) <= NOW) then
-    local fence, attempts = fmt(tonumber(t.f) + 1), fmt(tonumber(t.n) + 1)
-    redis.call('HSET', tkey(id), 's', 'ASSIGNED', 'w', worker, 'l', lease_until, 'f', fence,
-      'n', attempts, 'u', ARGV[2], 'cl', ARGV[2])
-    drop(PFX .. 'ready:' .. t.y, id)
-    drop(PFX .. 'pend:' .. t.y, id)
+  if s == 'PENDING' and not (dl and tonumber(dl) <= NOW) then
+    redis.call('HSET', key, 's', 'ASSIGNED', 'w', worker, 'l', lease_until,
+      'f', fmt(tonumber(f) + 1), 'n', fmt(tonumber(nn) + 1), 'u', ARGV[2], 'cl', ARGV[2])
+    drop(PFX .. 'ready:' .. y, id)
+    drop(PFX .. 'pend:' .. y, id)
     leases[#leases + 1] = lease_until
     leases[#leases + 1] = id
-    bump('PENDING|' .. t.p .. '|' .. t.y, -1)
-    bump('ASSIGNED|' .. t.p .. '|' .. t.y, 1)
-    t.s, t.w, t.l, t.f, t.n, t.u, t.cl = 'ASSIGNED', worker, lease_until, fence, attempts,
-      ARGV[2], ARGV[2]
-    local record = {}
-    for field, value in pairs(t) do
-      record[#record + 1] = field
-      record[#record + 1] = value
-    end
-    records[#records + 1] = record
-    events[#events + 1] = {id, t.g, t.y, 'PENDING', 'ASSIGNED', ARGV[2], '', attempts, t.st or ''}
+    bump('PENDING|' .. p .. '|' .. y, -1)
+    bump('ASSIGNED|' .. p .. '|' .. y, 1)
+    records[#records + 1] = raw
     if #records >= n then
       break
     end
@@ -89,4 +97,4 @@ for _, field in ipairs(corder) do
     redis.call('HDEL', PFX .. 'depth', field)
   end
 end
-return {records, events}
+return records

@@ -6,10 +6,11 @@
 -- ARGV[3]  completions a type's mean processing time is taken over
 -- ARGV[4]  the completions as one JSON array of [id, worker, fence, result] (strings;
 --          result null for none)
--- Returns {results, follow-ups}; results[i] = {code, record, events} for completion i, code
--- "ok", "missing" (no such task) or "stale" (not held by that worker under that fence;
--- the record is returned so the error can say why). An ASSIGNED task passes through
--- IN_PROGRESS, started when it was assigned. Dependents are released (here at once,
+-- Returns {results, follow-ups}; results[i] for completion i is {"ok", gift, type, attempt,
+-- started, was assigned ("1" or "0")}, from which the caller builds the events (an
+-- ASSIGNED task passes through IN_PROGRESS, started when it was assigned), {"missing"}
+-- (no such task) or {"stale", record} (not held by that worker under that fence; the
+-- record is returned so the error can say why). Dependents are released (here at once,
 -- elsewhere by follow-up "r").
 --
 -- Each task costs one read and two writes; the indexes, counters and processing times
@@ -34,19 +35,18 @@ for _, item in ipairs(items) do
   local s, w, f, y, p, st, cl, u, n, dl, g = r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
     r[9], r[10], r[11]
   if not s then
-    results[#results + 1] = {'missing', {}, {}}
+    results[#results + 1] = {'missing'}
   elseif not running(s) or w ~= worker or f ~= fence then
-    results[#results + 1] = {'stale', redis.call('HGETALL', key), {}}
+    results[#results + 1] = {'stale', redis.call('HGETALL', key)}
   else
-    local events = {}
     local began = tonumber(st or '')
+    local was_assigned = '0'
     if s == 'ASSIGNED' then
       began = tonumber(cl or u)
       st = u
-      events[1] = {id, g, y, 'ASSIGNED', 'IN_PROGRESS', ARGV[2], '', n, st}
+      was_assigned = '1'
     end
     st = st or u
-    events[#events + 1] = {id, g, y, 'IN_PROGRESS', 'COMPLETED', ARGV[2], '', n, st}
     if type(result) == 'string' then
       redis.call('HSET', key, 's', 'COMPLETED', 'fi', ARGV[2], 'u', ARGV[2], 'st', st,
         're', result)
@@ -74,7 +74,7 @@ for _, item in ipairs(items) do
       durs[y][#durs[y] + 1] = math.max(0, NOW - began)
     end
     release(id, follow)
-    results[#results + 1] = {'ok', {}, events}
+    results[#results + 1] = {'ok', g, y, n, st, was_assigned}
   end
 end
 for first = 1, #leases, 1000 do
