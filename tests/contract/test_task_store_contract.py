@@ -264,6 +264,46 @@ async def test_a_task_whose_dependency_already_failed_is_stored_failed(
     assert (await store.get(child.id)).state is S.FAILED
 
 
+@pytest.mark.parametrize("with_errors", [False, True])
+async def test_concurrent_submits_each_get_their_own_tasks_events_and_errors(
+    store: TaskStore, make_task: MakeTask, clock: FakeClock, with_errors: bool
+) -> None:
+    """Submits awaited together (a store may share round trips between them) answer each
+    caller for its own batch: its tasks in order, its events only, its error only."""
+    dead = make_task(max_retries=0)
+    await store.submit([dead], now_ms=clock.now_ms())
+    await _fail(store, await _claim_one(store, clock), clock, retry=False)
+    taken = make_task()
+    await store.submit([taken], now_ms=clock.now_ms())
+    batches = [[make_task() for _ in range(1 + k % 3)] for k in range(12)]
+    batches[8] = [make_task(dependencies=(dead.id,))]  # stored FAILED, with its event
+    bad = {3, 5} if with_errors else set()
+    if with_errors:
+        batches[3] = [make_task(), make_task(task_id=taken.id)]  # clashes: a Conflict
+        batches[5] = [make_task(dependencies=(999_999,))]  # unknown: UnknownDependency
+    results = await asyncio.gather(
+        *(store.submit(b, now_ms=clock.now_ms()) for b in batches), return_exceptions=True
+    )
+    for k, (batch, result) in enumerate(zip(batches, results, strict=True)):
+        if k in bad:
+            assert isinstance(result, Conflict if k == 3 else UnknownDependency)
+            with pytest.raises(TaskNotFound):
+                await store.get(batch[0].id)
+            continue
+        assert not isinstance(result, BaseException)
+        stored, events = result
+        assert [t.id for t in stored] == [t.id for t in batch]
+        if k == 8:
+            assert stored[0].state is S.FAILED
+            assert _transitions(events) == [
+                (batch[0].id, None, S.PENDING),
+                (batch[0].id, S.PENDING, S.FAILED),
+            ]
+        else:
+            assert _transitions(events) == [(t.id, None, S.PENDING) for t in batch]
+            assert [(await store.get(t.id)).state for t in batch] == [S.PENDING] * len(batch)
+
+
 # -- claim -------------------------------------------------------------------------------------
 
 

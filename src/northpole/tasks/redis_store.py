@@ -74,7 +74,7 @@ from typing import Any
 
 import orjson
 
-from northpole.core.errors import InvalidInput, Unavailable
+from northpole.core.errors import InvalidInput, NorthpoleError, Unavailable
 from northpole.core.logging import get_logger
 from northpole.tasks import redis_claim, redis_report, redis_submit, redis_sweep, transitions
 from northpole.tasks.model import FAILED_ENDS, Reason, Task, TaskEvent, TaskState
@@ -162,6 +162,9 @@ class RedisTaskStore:
         self._owns_client = isinstance(url_or_client, str)
         self._closed = False
         self._completer: Coalescer[tuple[int, _Done]] = Coalescer(self._coalesced)
+        self._submitter: Coalescer[redis_submit.Submit] = Coalescer(
+            lambda calls: redis_submit.submit_merged(self, calls)
+        )
         self._signal: WorkSignal | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -189,6 +192,7 @@ class RedisTaskStore:
         """Finish coalesced calls, then close the connection (if the store opened it)."""
         self._closed = True
         await self._completer.drain()
+        await self._submitter.drain()
         signal, self._signal = self._signal, None
         if signal is not None:
             await signal.close()
@@ -279,8 +283,20 @@ class RedisTaskStore:
     async def submit(
         self, tasks: Sequence[Task], *, now_ms: int
     ) -> tuple[list[Task], list[TaskEvent]]:
-        """Store new PENDING tasks (all or none); return them (or the idempotent twins)."""
-        return await redis_submit.submit(self, tasks, now_ms)
+        """Store new PENDING tasks (all or none); return them (or the idempotent twins).
+
+        Small batches submitted concurrently share round trips (see
+        :func:`northpole.tasks.redis_submit.submit_merged`); each caller still gets
+        its own tasks, events and errors.
+        """
+        batch = list(tasks)
+        if len(batch) > redis_submit.MERGE_MAX:
+            return await redis_submit.submit(self, batch, now_ms)
+        answer = await self._submitter.submit((batch, now_ms))
+        if isinstance(answer, NorthpoleError):
+            raise answer
+        result: tuple[list[Task], list[TaskEvent]] = answer
+        return result
 
     async def claim(self, claim: Claim, *, now_ms: int) -> tuple[list[Task], list[TaskEvent]]:
         """Assign up to ``claim.limit`` claimable tasks to the worker (PENDING -> ASSIGNED)."""

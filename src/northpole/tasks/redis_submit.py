@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from northpole.core.errors import Conflict, InvalidInput, Unavailable
+from northpole.core.errors import Conflict, InvalidInput, NorthpoleError, Unavailable
 from northpole.tasks import transitions
 from northpole.tasks.batch import doomed, split_twins
 from northpole.tasks.model import Reason, Task, TaskEvent, TaskState
@@ -45,6 +45,13 @@ S = TaskState
 _LOCATE_CHUNK = 1_000
 #: Attempts when the batch's idempotency keys are taken by a concurrent submit meanwhile.
 _ATTEMPTS = 5
+#: Batches up to this size are merged with concurrent ones (larger ones go alone).
+MERGE_MAX = 100
+
+#: One caller's submit: its tasks and its ``now_ms``.
+Submit = tuple[list[Task], int]
+#: Its answer: the tasks and events, or the error it must raise.
+Answer = tuple[list[Task], list[TaskEvent]] | NorthpoleError
 
 
 async def submit(
@@ -60,6 +67,43 @@ async def submit(
         if result is not None:
             return result
     raise Unavailable("idempotency keys of the batch kept changing; try again")
+
+
+async def submit_merged(store: RedisTaskStore, calls: Sequence[Submit]) -> list[Answer]:
+    """Store the batches of concurrent callers as one; answer each caller for its own.
+
+    Single-task submits from many coroutines (an API server, a producer) then
+    share two round trips instead of two each. The merged batch is written all or
+    none at the latest ``now_ms`` of the callers; if it is refused (a clash, an
+    unknown dependency, one caller's bad task), each caller's batch is tried
+    alone, so a caller only ever gets its own error.
+    """
+    if len(calls) == 1:
+        [(batch, now_ms)] = calls
+        return [await _answer(store, batch, now_ms)]
+    merged = [task for batch, _ in calls for task in batch]
+    try:
+        out, events = await submit(store, merged, max(now_ms for _, now_ms in calls))
+    except NorthpoleError:
+        return [await _answer(store, batch, now_ms) for batch, now_ms in calls]
+    owner = {task.id: k for k, (batch, _) in enumerate(calls) for task in batch}
+    answers: list[Answer] = []
+    first = 0
+    for batch, _ in calls:
+        answers.append((out[first : first + len(batch)], []))
+        first += len(batch)
+    for event in events:
+        answer = answers[owner.get(event.task_id, 0)]
+        assert not isinstance(answer, NorthpoleError)  # noqa: S101 - built just above
+        answer[1].append(event)
+    return answers
+
+
+async def _answer(store: RedisTaskStore, batch: list[Task], now_ms: int) -> Answer:
+    try:
+        return await submit(store, batch, now_ms)
+    except NorthpoleError as exc:
+        return exc
 
 
 def check_batch(batch: Sequence[Task], partitions: int) -> None:
