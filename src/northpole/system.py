@@ -8,50 +8,77 @@ queue takes its task ids from the Gift ID service).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from northpole.bus.forward import Encoder
 from northpole.bus.memory import MemoryStream
-from northpole.bus.part import EventsPart, build_stream
 from northpole.bus.port import EventBus, InProcessBus
 from northpole.bus.stream import EventStream, Message
-from northpole.coord.part import CoordPart, workshop_allocator
-from northpole.core.app import Part, create_app
-from northpole.core.auth import TokenService, load_secret
 from northpole.core.clock import Clock, SystemClock
 from northpole.core.errors import ConfigurationError
 from northpole.core.metrics import new_registry
 from northpole.core.settings import Settings
-from northpole.exchange.events import exchange_event_message
-from northpole.exchange.keys import EXCHANGE_COMMITTED
-from northpole.exchange.service import exchange_service
-from northpole.idgen.service import IdGenService
-from northpole.registry.service import build_registry_service
-from northpole.tasks.events import task_event_message
-from northpole.tasks.model import TaskEvent
-from northpole.tasks.redis_store import RedisTaskStore
 from northpole.tasks.retry import RetryPolicy
-from northpole.tasks.service import TaskService
-from northpole.tasks.sqlite_store import SqliteTaskStore
-from northpole.tasks.store import TaskStore
-from northpole.tasks.subjects import TASK_STATE_CHANGED
+
+# Parts are imported where they are built, not here: a worker process builds only
+# the task queue, and importing the others (SciPy, SQLAlchemy, NATS, etcd, uvicorn)
+# cost it about 110 MB and a second of start-up (tests/unit/cli/test_lazy_imports.py).
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from northpole.core.app import Part
+    from northpole.idgen.service import IdGenService
+    from northpole.tasks.service import TaskService
+    from northpole.tasks.store import TaskStore
 
 TASKS_DB = "tasks.db"
 
 
-def _task_event(event: object) -> Message | None:
-    return task_event_message(event) if isinstance(event, TaskEvent) else None
+def _forwarded() -> dict[str, Encoder]:
+    """Return the encoder of each subject the events part forwards to the stream."""
+    from northpole.exchange.events import exchange_event_message
+    from northpole.exchange.keys import EXCHANGE_COMMITTED
+    from northpole.tasks.events import task_event_message
+    from northpole.tasks.model import TaskEvent
+    from northpole.tasks.subjects import TASK_STATE_CHANGED
+
+    def task_event(event: object) -> Message | None:
+        return task_event_message(event) if isinstance(event, TaskEvent) else None
+
+    return {TASK_STATE_CHANGED: task_event, EXCHANGE_COMMITTED: exchange_event_message}
+
+
+class _BuiltOnFirstUse(Mapping[str, Encoder]):
+    """A read-only mapping that ``build`` makes the first time it is read."""
+
+    __slots__ = ("_build", "_built")
+
+    def __init__(self, build: Callable[[], dict[str, Encoder]]) -> None:
+        self._build = build
+        self._built: dict[str, Encoder] | None = None
+
+    def _items(self) -> dict[str, Encoder]:
+        if self._built is None:
+            self._built = self._build()
+        return self._built
+
+    def __getitem__(self, subject: str) -> Encoder:
+        return self._items()[subject]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items())
+
+    def __len__(self) -> int:
+        return len(self._items())
 
 
 #: Events published on the in-process bus that the events part forwards to the stream.
-FORWARDED: dict[str, Encoder] = {
-    TASK_STATE_CHANGED: _task_event,
-    EXCHANGE_COMMITTED: exchange_event_message,
-}
+#: Built on first use: the exchange's encoder imports the exchange part.
+FORWARDED: Mapping[str, Encoder] = _BuiltOnFirstUse(_forwarded)
 
 
 @dataclass(slots=True)
@@ -66,10 +93,13 @@ class Context:
     built: dict[str, Part] = field(default_factory=dict)
 
 
-PartFactory = Callable[[Context], Part]
+PartFactory = Callable[[Context], "Part"]
 
 
 def _idgen(ctx: Context) -> Part:
+    from northpole.coord.part import workshop_allocator
+    from northpole.idgen.service import IdGenService
+
     return IdGenService(
         ctx.settings.idgen,
         data_dir=ctx.settings.data_dir,
@@ -80,6 +110,8 @@ def _idgen(ctx: Context) -> Part:
 
 
 def _ids(ctx: Context, who: str) -> IdGenService:
+    from northpole.idgen.service import IdGenService
+
     idgen = ctx.built.get("idgen")
     if not isinstance(idgen, IdGenService):
         raise ConfigurationError(f"the {who} needs the idgen part for its ids")
@@ -87,6 +119,8 @@ def _ids(ctx: Context, who: str) -> IdGenService:
 
 
 def _registry(ctx: Context) -> Part:
+    from northpole.registry.service import build_registry_service
+
     return build_registry_service(
         ctx.settings.registry,
         data_dir=ctx.settings.ensure_data_dir(),
@@ -100,6 +134,8 @@ def _registry(ctx: Context) -> Part:
 
 
 def _exchange(ctx: Context) -> Part:
+    from northpole.exchange.service import exchange_service
+
     return exchange_service(
         ctx.settings.exchange,
         data_dir=ctx.settings.ensure_data_dir(),
@@ -118,6 +154,8 @@ def task_service(ctx: Context, *, with_ids: bool = True) -> TaskService:
         with_ids: Take task ids from the already built Gift ID part (needed to
             accept submits; a worker process that only claims can do without).
     """
+    from northpole.tasks.service import TaskService
+
     settings = ctx.settings
     ids = _ids(ctx, "task queue").generate_list if with_ids else None
     tasks = settings.tasks
@@ -127,6 +165,8 @@ def task_service(ctx: Context, *, with_ids: bool = True) -> TaskService:
 
     async def open_store() -> TaskStore:
         if tasks.redis_url:  # cluster edition
+            from northpole.tasks.redis_store import RedisTaskStore
+
             redis = RedisTaskStore(
                 tasks.redis_url,
                 partitions=tasks.partitions,
@@ -136,6 +176,8 @@ def task_service(ctx: Context, *, with_ids: bool = True) -> TaskService:
                 wait_timeout_ms=tasks.redis_wait_timeout_ms,
             )
             return await redis.open()
+        from northpole.tasks.sqlite_store import SqliteTaskStore
+
         store = SqliteTaskStore(
             settings.ensure_data_dir() / TASKS_DB,
             partitions=tasks.partitions,
@@ -195,6 +237,11 @@ def build_app(
     Raises:
         ConfigurationError: An unknown part name, or a part without one it needs.
     """
+    from northpole.bus.part import EventsPart, build_stream
+    from northpole.coord.part import CoordPart
+    from northpole.core.app import create_app
+    from northpole.core.auth import TokenService, load_secret
+
     names = list(PARTS) if parts is None else list(parts)
     unknown = [name for name in names if name not in PARTS]
     if unknown:

@@ -19,6 +19,9 @@ from northpole.core.server import serve
 from northpole.core.settings import Settings
 from northpole.system import PARTS, build_app
 
+#: ``northpole idgen``: the Gift ID service alone.
+idgen_app = typer.Typer(help="The Gift ID service.", no_args_is_help=True)
+
 HostOption = Annotated[str | None, typer.Option(help="Interface to listen on.")]
 PortOption = Annotated[int | None, typer.Option(help="TCP port to listen on.")]
 
@@ -145,6 +148,7 @@ def up(
     _run(settings, list(PARTS), then=_start_demo(settings, demo_gifts) if demo else None)
 
 
+@idgen_app.command("serve")
 def idgen_serve(
     host: HostOption = None,
     port: PortOption = None,

@@ -148,6 +148,8 @@ async def run_worker(
     """Open the backend, run a pool until a signal, drain and return."""
     async with open_backend(settings, url=url, token=token) as backend:
         pool = make_pool(backend)
+        # Here, not at start-up: the local backend imports the task queue's service and store.
+        freeze_startup_heap()
         installed = _install_signals(pool)
         try:
             _banner(pool, url or f"{settings.data_dir} (local)")
@@ -220,7 +222,6 @@ def worker(
     server = None
     if metrics_port is not None:
         server, _ = start_http_server(metrics_port, addr=metrics_host, registry=metrics)
-    freeze_startup_heap()
     try:
         asyncio.run(run_worker(settings, make_pool, url=url, token=token))
     finally:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import gc
 import signal
 from types import FrameType
-
-import uvicorn
-from fastapi import FastAPI
+from typing import TYPE_CHECKING
 
 from northpole.core.settings import Settings
+
+if TYPE_CHECKING:  # a worker process calls freeze_startup_heap without serving HTTP
+    import uvicorn
+    from fastapi import FastAPI
 
 #: Allocations between collections of the youngest generation (CPython's default: 700).
 GC_YOUNG_THRESHOLD = 50_000
@@ -45,6 +47,8 @@ def freeze_startup_heap() -> None:
 
 def build_server(app: FastAPI, settings: Settings) -> uvicorn.Server:
     """Return a uvicorn server for ``app`` bound to the settings' host and port."""
+    import uvicorn
+
     config = uvicorn.Config(
         app,
         host=settings.http.host,
