@@ -18,6 +18,7 @@ import pytest
 
 from northpole.core.errors import ConfigurationError, Unavailable
 from northpole.tasks.model import Task, TaskState
+from northpole.tasks.redis_claim import partition_map
 from northpole.tasks.redis_store import RedisTaskStore
 from northpole.tasks.retry import RetryPolicy
 from northpole.tasks.scheduler import partition_of
@@ -226,6 +227,81 @@ async def test_a_submit_elsewhere_wakes_a_waiting_claimer_before_its_timeout(
         await other.submit([make_task()], now_ms=NOW)
         assert await asyncio.wait_for(waiter, 5.0) > seen
         assert loop.time() - started < 2.0
+
+
+async def test_a_waiter_on_some_partitions_ignores_wake_ups_of_the_others(
+    server: RedisProcess,
+) -> None:
+    """wait_for_work on a set of partitions returns when one of them is woken, not when
+    another partition is (a worker waits on the partitions it owns)."""
+    namespace = unique_namespace("wake-some")
+    async with (
+        store_on(server.url, namespace=namespace) as waiting,
+        store_on(server.url, namespace=namespace) as other,
+    ):
+        first = make_task()
+        mine = {first.partition}
+        elsewhere = make_task(gift_id=_other_partition_gift(first.partition))
+        seen = await waiting.wait_for_work(-1, 0.0, mine)
+        waiter = asyncio.create_task(waiting.wait_for_work(seen, 10.0, mine))
+        await other.submit([elsewhere], now_ms=NOW)
+        await asyncio.sleep(0.3)
+        assert not waiter.done()
+        await other.submit([make_task(gift_id=first.gift_id)], now_ms=NOW)
+        assert await asyncio.wait_for(waiter, 5.0) > seen
+
+
+async def test_a_claim_after_a_short_one_skips_redis_until_a_wake_up(
+    server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a claim came back short, the worker's next claim answers empty without a
+    round trip while nothing was published; a submit's wake-up lets the next one through."""
+    namespace = unique_namespace("short")
+    async with (
+        store_on(server.url, namespace=namespace) as store,
+        store_on(server.url, namespace=namespace) as other,
+    ):
+        claim = Claim("w", "g", limit=10, lease_ms=60_000)
+        seen = await store.wait_for_work(-1, 0.0)
+        await other.submit([make_task()], now_ms=NOW)
+        await store.wait_for_work(seen, 5.0)
+        got, _ = await store.claim(claim, now_ms=NOW)
+        assert len(got) == 1  # short: 1 of 10
+        sent: list[object] = []
+        run = store.runner.run
+
+        async def counted(calls: Any, **options: Any) -> Any:
+            sent.append(calls)
+            return await run(calls, **options)
+
+        monkeypatch.setattr(store.runner, "run", counted)
+        assert await store.claim(claim, now_ms=NOW) == ([], [])
+        assert sent == []  # answered without asking Redis
+        seen = await store.wait_for_work(-1, 0.0)
+        await other.submit([make_task()], now_ms=NOW)
+        await store.wait_for_work(seen, 5.0)
+        got, _ = await store.claim(claim, now_ms=NOW)
+        assert len(got) == 1
+
+
+async def test_claims_look_at_other_workers_partitions_at_most_every_steal_interval(
+    server: RedisProcess,
+) -> None:
+    """An idle worker steals from another's partition at its first claim, then not again
+    until ``steal_every_s`` passed (its own partitions are looked at by every claim)."""
+    namespace = unique_namespace("steal")
+    async with store_on(server.url, namespace=namespace, steal_every_s=0.5) as store:
+        for worker in ("w1", "w2"):
+            await store.claim(Claim(worker, "g", limit=0), now_ms=NOW)
+        own = set(partition_map(PARTITIONS, store.group_members["g"])["w2"])
+        other = next(p for p in range(PARTITIONS) if p not in own)
+        gifts = (g for g in itertools.count(1) if partition_of(g, PARTITIONS) == other)
+        await store.submit([make_task(gift_id=next(gifts)) for _ in range(4)], now_ms=NOW)
+        claim = Claim("w2", "g", limit=1, lease_ms=60_000)
+        assert len((await store.claim(claim, now_ms=NOW))[0]) == 1
+        assert (await store.claim(claim, now_ms=NOW))[0] == []
+        await asyncio.sleep(0.6)
+        assert len((await store.claim(claim, now_ms=NOW))[0]) == 1
 
 
 async def test_a_store_used_outside_its_lifecycle_raises_unavailable(server: RedisProcess) -> None:

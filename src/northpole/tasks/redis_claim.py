@@ -9,6 +9,12 @@ from the deepest others when they are short), then one ``claim`` script per
 chosen partition assigns them. If concurrent claims took what was peeked, it
 peeks again, a bounded number of rounds.
 
+Other workers' partitions are peeked at (for their depth, to steal from the
+deepest) at most every ``STEAL_EVERY_S`` per worker
+(:meth:`~northpole.tasks.redis_store.RedisTaskStore.steal_due`); the claims in
+between peek at the worker's own partitions only, which with many workers is a
+small share of them.
+
 A peek asks for heads only from the partitions the worker owned at its last
 claim (the group's members are remembered per store), and only about its share
 of the limit from each, plus a margin: the planner takes whatever the heads do
@@ -20,6 +26,7 @@ claim).
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -82,17 +89,36 @@ async def claim(
         guess = set(range(partitions))
     share = -(-max(claim.limit, 0) // len(guess)) + PEEK_MARGIN
     peek_limit = max(0, min(claim.limit, share, PEEK_MAX))
-    calls = [register_call(store, claim.worker_id, claim.group, claim.task_types, None, now_ms)]
+    # Other workers' partitions are looked at (to steal from) at most every STEAL_EVERY_S.
+    if claim.limit <= 0:  # only registers the worker
+        looked: Sequence[int] = ()
+    elif store.steal_due(claim.worker_id):
+        looked = range(partitions)
+    else:
+        looked = sorted(guess)
+    # The worker is registered (seen, and its group read) at most every REGISTER_EVERY_S
+    # by its claims; its heartbeats register it too.
+    register = (
+        claim.limit <= 0
+        or claim.group not in store.group_members
+        or store.register_due(claim.worker_id)
+    )
+    calls = (
+        [register_call(store, claim.worker_id, claim.group, claim.task_types, None, now_ms)]
+        if register
+        else []
+    )
     calls += [
         store.call("peek", p, now_ms, peek_limit if p in guess else 0, len(types), *types)
-        for p in range(partitions)
+        for p in looked
     ]
     replies = await store.runner.run(calls)
-    store.group_members[claim.group] = tuple(replies[0])
-    own = partition_map(store.partitions, tuple(replies[0])).get(claim.worker_id, [])
+    if register:
+        store.group_members[claim.group] = tuple(replies.pop(0))
+    own = partition_map(partitions, store.group_members[claim.group]).get(claim.worker_id, [])
     if claim.limit <= 0:
         return [], []
-    peeks = {p: _peek(reply) for p, reply in enumerate(replies[1:])}
+    peeks = {p: _peek(reply) for p, reply in zip(looked, replies, strict=True)}
     claimed: list[Task] = []
     events: list[TaskEvent] = []
     for _ in range(CLAIM_ROUNDS):

@@ -68,7 +68,8 @@ expired leases, the caller draws the retry delays (its retry policy), and
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Collection, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -107,6 +108,15 @@ S = TaskState
 #: A completion on its way to a ``complete`` script: (partition, task id, worker, fence,
 #: result).
 _Done = tuple[int, int, str, int, str | None]
+#: How long a worker's claims answer empty without asking Redis after one came back short
+#: while no wake-up was heard (see :meth:`RedisTaskStore.claim`).
+RECHECK_S = 0.25
+#: Workers whose last short claim is remembered at most (then the memory starts over).
+_SHORT_MAX = 10_000
+#: How often one worker's claims look at other workers' partitions to steal from them.
+STEAL_EVERY_S = 0.1
+#: How often one worker's claims register it (record it seen, read its group's members).
+REGISTER_EVERY_S = 1.0
 
 
 class RedisTaskStore:
@@ -125,6 +135,8 @@ class RedisTaskStore:
         outbox_grace_ms: Age after which the sweeper applies a cross-partition follow-up
             that its writer did not finish.
         location_cache: Task ids whose partition is remembered in-process.
+        steal_every_s: How often one worker's claims look at other workers' partitions
+            to steal from them (0: at every claim; see :mod:`northpole.tasks.redis_claim`).
     """
 
     def __init__(
@@ -140,6 +152,7 @@ class RedisTaskStore:
         namespace: str = "np",
         outbox_grace_ms: int = 5_000,
         location_cache: int = 200_000,
+        steal_every_s: float = STEAL_EVERY_S,
     ) -> None:
         if partitions < 1:
             raise InvalidInput("must be >= 1", field="partitions")
@@ -166,6 +179,13 @@ class RedisTaskStore:
             lambda calls: redis_submit.submit_merged(self, calls)
         )
         self._signal: WorkSignal | None = None
+        #: worker -> (wake-up count, monotonic s) at its last claim that came back short.
+        self._short: dict[str, tuple[int, float]] = {}
+        #: worker -> monotonic s of its last claim that looked at every partition.
+        self._looked: dict[str, float] = {}
+        self._steal_every_s = steal_every_s
+        #: worker -> monotonic s of its last claim that registered it.
+        self._registered: dict[str, float] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -299,8 +319,41 @@ class RedisTaskStore:
         return result
 
     async def claim(self, claim: Claim, *, now_ms: int) -> tuple[list[Task], list[TaskEvent]]:
-        """Assign up to ``claim.limit`` claimable tasks to the worker (PENDING -> ASSIGNED)."""
-        return await redis_claim.claim(self, claim, now_ms)
+        """Assign up to ``claim.limit`` claimable tasks to the worker (PENDING -> ASSIGNED).
+
+        A claim that came back short found every queue it could take from empty. While
+        the wake-up listener is subscribed and has heard nothing since, the worker's
+        next claim within :data:`RECHECK_S` answers empty without asking Redis: every
+        script that makes a task claimable publishes a wake-up, and a backoff that ends
+        (which nothing announces) is found by a claim after ``RECHECK_S``, as by the
+        task service's periodic re-check. Without this, each claim that takes the last
+        tasks is followed at once by one that registers and peeks at every partition to
+        find nothing.
+        """
+        signal = self._signal
+        count = signal.count if signal is not None and signal.listening else None
+        if count is not None and claim.limit > 0:
+            short = self._short.get(claim.worker_id)
+            if short is not None and short[0] == count and time.monotonic() - short[1] < RECHECK_S:
+                return [], []
+        tasks, events = await redis_claim.claim(self, claim, now_ms)
+        if count is not None and 0 < claim.limit and len(tasks) < claim.limit:
+            if len(self._short) >= _SHORT_MAX:
+                self._short.clear()
+            self._short[claim.worker_id] = (count, time.monotonic())
+        else:
+            self._short.pop(claim.worker_id, None)
+        return tasks, events
+
+    def steal_due(self, worker_id: str) -> bool:
+        """Whether this claim of ``worker_id`` should look at every partition (to steal
+        from other workers'), which it does at most every ``steal_every_s``."""
+        return _due(self._looked, worker_id, self._steal_every_s)
+
+    def register_due(self, worker_id: str) -> bool:
+        """Whether this claim of ``worker_id`` should register it, which it does at most
+        every :data:`REGISTER_EVERY_S` (well within ``worker_ttl_ms``)."""
+        return _due(self._registered, worker_id, REGISTER_EVERY_S)
 
     async def heartbeat(self, beat: Heartbeat, *, now_ms: int) -> HeartbeatAnswer:
         """Record the worker alive, mark ``started`` tasks IN_PROGRESS, extend its leases.
@@ -505,11 +558,14 @@ class RedisTaskStore:
             self, now_ms=now_ms, worker_ttl_ms=worker_ttl_ms, grace_ms=self._grace_ms
         )
 
-    async def wait_for_work(self, after: int, timeout_s: float) -> int:
-        """Wait for a wake-up published by a script (:mod:`northpole.tasks.redis_wake`)."""
+    async def wait_for_work(
+        self, after: int, timeout_s: float, partitions: Collection[int] | None = None
+    ) -> int:
+        """Wait for a wake-up published by a script on ``partitions`` (``None``: any)
+        (:mod:`northpole.tasks.redis_wake`)."""
         if self._signal is None:
             self._signal = WorkSignal(self.runner.client, self.keys, self.partitions)
-        return await self._signal.wait(after, timeout_s)
+        return await self._signal.wait(after, timeout_s, partitions)
 
     async def stats(self, *, now_ms: int) -> QueueStats:
         """Return depths, oldest pending times and recent processing times."""
@@ -545,3 +601,15 @@ class RedisTaskStore:
     def backoff(self, retry_count: int) -> int:
         """The retry delay (ms) of a task that failed ``retry_count`` retried attempts so far."""
         return self.policy.delay_ms(retry_count + 1, self._rng)
+
+
+def _due(last_times: dict[str, float], worker_id: str, every_s: float) -> bool:
+    """Whether ``every_s`` passed since ``last_times[worker_id]``; if so, record now."""
+    now = time.monotonic()
+    last = last_times.get(worker_id)
+    if last is not None and now - last < every_s:
+        return False
+    if len(last_times) >= _SHORT_MAX:
+        last_times.clear()
+    last_times[worker_id] = now
+    return True

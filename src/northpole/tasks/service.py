@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from asyncio import FIRST_COMPLETED
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -231,7 +231,10 @@ class TaskService:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + min(max(wait_s, 0.0), self.settings.max_claim_wait_s)
         poll_s = self.settings.sweep_interval_ms / 1000
-        seen = await self.store.wait_for_work(-1, 0.0) if wait_s > 0 else 0
+        # Wake-ups of the partitions the worker owns (all until it knows): tasks elsewhere
+        # wake their owners, and are stolen here at the periodic re-check if need be.
+        own = self._partitions_of.get(claim.worker_id) or None
+        seen = await self.store.wait_for_work(-1, 0.0, own) if wait_s > 0 else 0
         while True:
             waiter = self._changed
             tasks, events = await self.store.claim(claim, now_ms=self.clock.now_ms())
@@ -241,14 +244,20 @@ class TaskService:
                 return tasks, self._partitions_of.get(claim.worker_id, ())
             # Woken by any change here or a wake-up from the store (another process's
             # submit); also re-check now and then for retries whose backoff ended.
-            seen = await self._wait_for_work(waiter, seen, min(remaining, poll_s))
+            seen = await self._wait_for_work(waiter, seen, min(remaining, poll_s), own)
             if gone is not None and await gone():
                 return [], ()
 
-    async def _wait_for_work(self, changed: asyncio.Event, seen: int, timeout_s: float) -> int:
+    async def _wait_for_work(
+        self,
+        changed: asyncio.Event,
+        seen: int,
+        timeout_s: float,
+        partitions: Collection[int] | None,
+    ) -> int:
         """Wait for a change in this process or the store's wake-up; return its count."""
         here = asyncio.ensure_future(changed.wait())
-        there = asyncio.ensure_future(self.store.wait_for_work(seen, timeout_s))
+        there = asyncio.ensure_future(self.store.wait_for_work(seen, timeout_s, partitions))
         try:
             await asyncio.wait((here, there), timeout=timeout_s, return_when=FIRST_COMPLETED)
         finally:

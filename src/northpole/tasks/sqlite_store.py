@@ -63,7 +63,7 @@ import functools
 import heapq
 import random
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -460,7 +460,9 @@ class SqliteTaskStore:
         """Return depths, oldest pending times and recent processing times."""
         return await self._read(_stats)
 
-    async def wait_for_work(self, after: int, timeout_s: float) -> int:
+    async def wait_for_work(
+        self, after: int, timeout_s: float, partitions: Collection[int] | None = None
+    ) -> int:
         """Wait out ``timeout_s`` (SQLite tells nobody about other processes' commits; the
         task service wakes its own claims on its own changes); the count stays 0."""
         if after >= 0 and timeout_s > 0:

@@ -50,7 +50,7 @@ Semantics every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -276,13 +276,17 @@ class TaskStore(Protocol):
         """Return the workers seen and not yet forgotten."""
         ...
 
-    async def wait_for_work(self, after: int, timeout_s: float) -> int:
+    async def wait_for_work(
+        self, after: int, timeout_s: float, partitions: Collection[int] | None = None
+    ) -> int:
         """Wait until tasks may have become claimable (a submit, a release, a backoff that
-        ended) since the store's wake-up count was ``after``, or ``timeout_s`` passed.
+        ended) in ``partitions`` (``None``: any) since the store's wake-up count of those
+        partitions was ``after``, or ``timeout_s`` passed.
 
         Returns the count now; ``after < 0`` (or no timeout) returns it at once, so a
-        caller reads it before a claim and waits with it after an empty one. A store that
-        cannot see other processes' changes waits out the timeout.
+        caller reads it before a claim and waits with it after an empty one (with the
+        same ``partitions``). A store that cannot see other processes' changes waits out
+        the timeout.
         """
         ...
 
