@@ -36,11 +36,6 @@ HEAVY = frozenset(
     }
 )
 
-#: What ``northpole.tasks.service`` imports at module level today (fastapi's
-#: ``APIRouter`` for an annotation, and ``Readiness`` from ``northpole.core.app``,
-#: which imports the web framework): a worker on the local queue builds that service.
-TASK_SERVICE_IMPORTS = frozenset({"fastapi", "starlette"})
-
 HANDLERS = """
 import atexit
 import json

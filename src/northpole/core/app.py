@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from typing import Protocol
 
 import orjson
@@ -31,17 +30,10 @@ from northpole.core.http_errors import install_error_handlers
 from northpole.core.logging import get_logger
 from northpole.core.metrics import CONTENT_TYPE_LATEST, HttpMetrics, render
 from northpole.core.middleware import RequestContextMiddleware
+from northpole.core.readiness import Readiness as Readiness  # re-exported: parts import it here
 from northpole.core.settings import Settings
 
 _log = get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Readiness:
-    """Whether a part can take traffic, and why not."""
-
-    ready: bool
-    detail: str = "ok"
 
 
 class Part(Protocol):

@@ -13,15 +13,15 @@ from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from fastapi import APIRouter
 from prometheus_client import CollectorRegistry
 
 from northpole.bus.port import EventBus
-from northpole.core.app import Readiness
 from northpole.core.clock import Clock
 from northpole.core.errors import InvalidInput, NorthpoleError, Unavailable
 from northpole.core.logging import get_logger
+from northpole.core.readiness import Readiness
 from northpole.core.settings import TaskSettings
 from northpole.tasks.metrics import TaskMetrics
 from northpole.tasks.model import Reason, Task, TaskEvent, TaskSpec, TaskState
@@ -36,6 +36,9 @@ from northpole.tasks.store import (
     WorkerInfo,
 )
 from northpole.tasks.subjects import TASK_STATE_CHANGED
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
 
 _log = get_logger(__name__)
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from northpole.cli import main as cli_main
 from ports import free_port
-from worker_imports import HEAVY, TASK_SERVICE_IMPORTS, modules_of_worker
+from worker_imports import HEAVY, modules_of_worker
 
 
 def test_a_worker_over_http_imports_none_of_the_heavy_modules(tmp_path: Path) -> None:
@@ -29,24 +29,11 @@ def test_a_worker_over_http_imports_none_of_the_heavy_modules(tmp_path: Path) ->
     assert sorted(imported & HEAVY) == []
 
 
-def test_a_local_worker_imports_only_what_the_task_service_needs(tmp_path: Path) -> None:
-    """A worker on the local SQLite queue imports none of them but the task service's own."""
+def test_a_local_worker_imports_none_of_the_heavy_modules(tmp_path: Path) -> None:
+    """A worker on the local SQLite queue serves no HTTP and runs no matcher: it imports
+    no web framework, matcher, database driver or coordination module."""
     imported = modules_of_worker(tmp_path)
-    assert sorted(imported & (HEAVY - TASK_SERVICE_IMPORTS)) == []
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="northpole.tasks.service imports fastapi and northpole.core.app at module level",
-)
-def test_a_local_worker_imports_no_web_framework(tmp_path: Path) -> None:
-    """A local worker serves no HTTP, so it does not import fastapi or starlette either.
-
-    Expected to fail until the task service stops importing them; then drop the
-    xfail and ``TASK_SERVICE_IMPORTS``.
-    """
-    imported = modules_of_worker(tmp_path)
-    assert sorted(imported & TASK_SERVICE_IMPORTS) == []
+    assert sorted(imported & HEAVY) == []
 
 
 def test_the_worker_command_loads_no_other_command_module() -> None:
