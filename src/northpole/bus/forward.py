@@ -82,7 +82,7 @@ class StreamForwarder:
             _, event = await subscription.get()
             messages = [m for m in (encode(event),) if m is not None]
             while len(messages) < self.batch and subscription.pending():
-                _, more = await subscription.get()
+                _, more = subscription.get_nowait()  # no await per event: they are queued
                 if (message := encode(more)) is not None:
                     messages.append(message)
             await self._publish(messages)

@@ -64,6 +64,10 @@ class Subscription:
         """Return the next ``(subject, event)``; raise TimeoutError after ``timeout`` s."""
         return await asyncio.wait_for(self._queue.get(), timeout)
 
+    def get_nowait(self) -> tuple[str, object]:
+        """Return the next ``(subject, event)`` already queued; raise asyncio.QueueEmpty."""
+        return self._queue.get_nowait()
+
     def pending(self) -> int:
         """How many events wait to be read."""
         return self._queue.qsize()

@@ -350,7 +350,7 @@ class TaskService:
         self.metrics.count(events)
         for event in events:
             if event.new_state is TaskState.COMPLETED and event.started_ms is not None:
-                self.metrics.processing.labels(event.task_type).observe(
+                self.metrics.processing_of(event.task_type).observe(
                     max(0, event.at_ms - event.started_ms) / 1000
                 )
         self.bus.publish(TASK_STATE_CHANGED, events)
