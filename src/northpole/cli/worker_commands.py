@@ -33,7 +33,7 @@ from rich.markup import escape
 from northpole.core.errors import ConfigurationError
 from northpole.core.logging import configure_logging, get_logger
 from northpole.core.metrics import new_registry
-from northpole.core.server import freeze_startup_heap
+from northpole.core.server import WORKER_GC_YOUNG_THRESHOLD, freeze_startup_heap
 from northpole.core.settings import Settings
 from northpole.tasks.backends import HttpBackend, LocalBackend, WorkerBackend
 from northpole.tasks.handlers import TaskRegistry
@@ -149,7 +149,7 @@ async def run_worker(
     async with open_backend(settings, url=url, token=token) as backend:
         pool = make_pool(backend)
         # Here, not at start-up: the local backend imports the task queue's service and store.
-        freeze_startup_heap()
+        freeze_startup_heap(WORKER_GC_YOUNG_THRESHOLD)
         installed = _install_signals(pool)
         try:
             _banner(pool, url or f"{settings.data_dir} (local)")
