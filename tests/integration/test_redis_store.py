@@ -255,7 +255,8 @@ async def test_a_claim_after_a_short_one_skips_redis_until_a_wake_up(
     server: RedisProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a claim came back short, the worker's next claim answers empty without a
-    round trip while nothing was published; a submit's wake-up lets the next one through."""
+    round trip while nothing was published; after a submit's wake-up the next one claims
+    from the woken partition alone, in one round trip."""
     namespace = unique_namespace("short")
     async with (
         store_on(server.url, namespace=namespace) as store,
@@ -278,10 +279,13 @@ async def test_a_claim_after_a_short_one_skips_redis_until_a_wake_up(
         assert await store.claim(claim, now_ms=NOW) == ([], [])
         assert sent == []  # answered without asking Redis
         seen = await store.wait_for_work(-1, 0.0)
-        await other.submit([make_task()], now_ms=NOW)
+        woken = make_task()
+        await other.submit([woken], now_ms=NOW)
         await store.wait_for_work(seen, 5.0)
         got, _ = await store.claim(claim, now_ms=NOW)
-        assert len(got) == 1
+        assert [t.id for t in got] == [woken.id]
+        # Straight to the woken partition: one round trip, one claim script, no peeks.
+        assert [[c.script for c in calls] for calls in sent] == [["claim"]]
 
 
 async def test_claims_look_at_other_workers_partitions_at_most_every_steal_interval(

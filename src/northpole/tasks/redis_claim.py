@@ -139,6 +139,24 @@ async def claim(
     return claimed, events
 
 
+async def claim_from(
+    store: RedisTaskStore, claim: Claim, partitions: Sequence[int], now_ms: int
+) -> tuple[list[Task], list[TaskEvent]]:
+    """Claim from ``partitions`` only, splitting the limit evenly, without peeking first.
+
+    For a worker whose last claim drained its partitions and that was woken for
+    these since: one round trip instead of two (see ``RedisTaskStore.claim``).
+    """
+    types = sorted(claim.task_types)
+    base, extra = divmod(claim.limit, len(partitions))
+    plan = [(p, base + (k < extra)) for k, p in enumerate(partitions)]
+    plan = [(p, n) for p, n in plan if n > 0]
+    claimed: list[Task] = []
+    events: list[TaskEvent] = []
+    await _claim_round(store, plan, set(partitions), claim, types, now_ms, claimed, events)
+    return claimed, events
+
+
 async def _claim_round(
     store: RedisTaskStore,
     plan: list[tuple[int, int]],

@@ -179,8 +179,9 @@ class RedisTaskStore:
             lambda calls: redis_submit.submit_merged(self, calls)
         )
         self._signal: WorkSignal | None = None
-        #: worker -> (wake-up count, monotonic s) at its last claim that came back short.
-        self._short: dict[str, tuple[int, float]] = {}
+        #: worker -> (monotonic s of its last full claim that came back short, wake-up
+        #: count and counts per partition before its last claim) while it is idle.
+        self._idle: dict[str, tuple[float, int, tuple[int, ...]]] = {}
         #: worker -> monotonic s of its last claim that looked at every partition.
         self._looked: dict[str, float] = {}
         self._steal_every_s = steal_every_s
@@ -321,29 +322,48 @@ class RedisTaskStore:
     async def claim(self, claim: Claim, *, now_ms: int) -> tuple[list[Task], list[TaskEvent]]:
         """Assign up to ``claim.limit`` claimable tasks to the worker (PENDING -> ASSIGNED).
 
-        A claim that came back short found every queue it could take from empty. While
-        the wake-up listener is subscribed and has heard nothing since, the worker's
-        next claim within :data:`RECHECK_S` answers empty without asking Redis: every
-        script that makes a task claimable publishes a wake-up, and a backoff that ends
-        (which nothing announces) is found by a claim after ``RECHECK_S``, as by the
-        task service's periodic re-check. Without this, each claim that takes the last
-        tasks is followed at once by one that registers and peeks at every partition to
-        find nothing.
+        A claim that came back short found every queue it could take from empty. For
+        :data:`RECHECK_S` after such a claim, while the wake-up listener stays
+        subscribed, the worker is idle: every script that makes a task claimable
+        publishes a wake-up naming its partition, so its next claims only need the
+        partitions it owns that were woken since. None: it answers empty without
+        asking Redis. Some: it claims from those at once, the limit split evenly,
+        without peeking first (one round trip instead of two). A backoff that ends is
+        announced by nobody, so at least every ``RECHECK_S`` a claim takes the full
+        path (peeks, stealing, registering), as the task service re-checks.
         """
         signal = self._signal
-        count = signal.count if signal is not None and signal.listening else None
-        if count is not None and claim.limit > 0:
-            short = self._short.get(claim.worker_id)
-            if short is not None and short[0] == count and time.monotonic() - short[1] < RECHECK_S:
+        if signal is None or not signal.listening or claim.limit <= 0:
+            return await redis_claim.claim(self, claim, now_ms)
+        count, counts = signal.count, signal.counts()
+        idle = self._idle.get(claim.worker_id)
+        own = self._own(claim)
+        if idle is not None and own and time.monotonic() - idle[0] < RECHECK_S:
+            woken = [p for p in own if counts[p] != idle[2][p]]
+            if count == idle[1] or not woken:
+                self._idle[claim.worker_id] = (idle[0], count, counts)
                 return [], []
+            tasks, events = await redis_claim.claim_from(self, claim, woken, now_ms)
+            if len(tasks) < claim.limit:
+                self._idle[claim.worker_id] = (idle[0], count, counts)
+            else:
+                self._idle.pop(claim.worker_id, None)
+            return tasks, events
         tasks, events = await redis_claim.claim(self, claim, now_ms)
-        if count is not None and 0 < claim.limit and len(tasks) < claim.limit:
-            if len(self._short) >= _SHORT_MAX:
-                self._short.clear()
-            self._short[claim.worker_id] = (count, time.monotonic())
+        if len(tasks) < claim.limit:
+            if len(self._idle) >= _SHORT_MAX:
+                self._idle.clear()
+            self._idle[claim.worker_id] = (time.monotonic(), count, counts)
         else:
-            self._short.pop(claim.worker_id, None)
+            self._idle.pop(claim.worker_id, None)
         return tasks, events
+
+    def _own(self, claim: Claim) -> list[int]:
+        """The partitions the worker owned at the group's last registration."""
+        members = self.group_members.get(claim.group)
+        if not members:
+            return []
+        return redis_claim.partition_map(self.partitions, members).get(claim.worker_id, [])
 
     def steal_due(self, worker_id: str) -> bool:
         """Whether this claim of ``worker_id`` should look at every partition (to steal

@@ -69,6 +69,10 @@ class WorkSignal:
         """Wake-ups received so far, of every partition."""
         return self._count
 
+    def counts(self) -> tuple[int, ...]:
+        """Wake-ups received so far, per partition."""
+        return tuple(self._counts)
+
     def count_of(self, partitions: Collection[int] | None) -> int:
         """Wake-ups received so far on ``partitions`` (``None``: every partition)."""
         if partitions is None:
