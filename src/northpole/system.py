@@ -38,10 +38,8 @@ if TYPE_CHECKING:
 TASKS_DB = "tasks.db"
 
 
-def _forwarded() -> dict[str, Encoder]:
-    """Return the encoder of each subject the events part forwards to the stream."""
-    from northpole.exchange.events import exchange_event_message
-    from northpole.exchange.keys import EXCHANGE_COMMITTED
+def task_encoders() -> dict[str, Encoder]:
+    """The encoder of the task queue's events (``task.state_changed``) for the stream."""
     from northpole.tasks.events import task_event_message
     from northpole.tasks.model import TaskEvent
     from northpole.tasks.subjects import TASK_STATE_CHANGED
@@ -49,7 +47,15 @@ def _forwarded() -> dict[str, Encoder]:
     def task_event(event: object) -> Message | None:
         return task_event_message(event) if isinstance(event, TaskEvent) else None
 
-    return {TASK_STATE_CHANGED: task_event, EXCHANGE_COMMITTED: exchange_event_message}
+    return {TASK_STATE_CHANGED: task_event}
+
+
+def _forwarded() -> dict[str, Encoder]:
+    """Return the encoder of each subject the events part forwards to the stream."""
+    from northpole.exchange.events import exchange_event_message
+    from northpole.exchange.keys import EXCHANGE_COMMITTED
+
+    return {**task_encoders(), EXCHANGE_COMMITTED: exchange_event_message}
 
 
 class _BuiltOnFirstUse(Mapping[str, Encoder]):

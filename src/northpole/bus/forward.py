@@ -55,11 +55,23 @@ class StreamForwarder:
         self._encoders = dict(encoders)
         self._subscriptions = [bus.subscribe(subject, capacity=capacity) for subject in encoders]
         self._rng = random.Random()  # noqa: S311 - jitter, not secrets
+        self._publishing = 0
 
     @property
     def dropped(self) -> int:
         """Events lost because the stream stayed unreachable while the buffer filled."""
         return sum(s.dropped for s in self._subscriptions)
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait until every event received so far is published (or ``timeout_s`` passed);
+        return whether all were. For a process about to stop (``run`` must be running)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._publishing or any(s.pending() for s in self._subscriptions):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     def close(self) -> None:
         """Stop receiving bus events."""
@@ -80,12 +92,16 @@ class StreamForwarder:
         encode = self._encoders[subscription.pattern]
         while True:
             _, event = await subscription.get()
-            messages = [m for m in (encode(event),) if m is not None]
-            while len(messages) < self.batch and subscription.pending():
-                _, more = subscription.get_nowait()  # no await per event: they are queued
-                if (message := encode(more)) is not None:
-                    messages.append(message)
-            await self._publish(messages)
+            self._publishing += 1
+            try:
+                messages = [m for m in (encode(event),) if m is not None]
+                while len(messages) < self.batch and subscription.pending():
+                    _, more = subscription.get_nowait()  # no await per event: they are queued
+                    if (message := encode(more)) is not None:
+                        messages.append(message)
+                await self._publish(messages)
+            finally:
+                self._publishing -= 1
 
     async def _publish(self, messages: list[Message]) -> None:
         failures = 0

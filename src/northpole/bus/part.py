@@ -14,16 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
-
-from fastapi import APIRouter
+from typing import TYPE_CHECKING
 
 from northpole.bus.forward import Encoder, StreamForwarder
 from northpole.bus.memory import MemoryStream
 from northpole.bus.nats import JetStreamStream
 from northpole.bus.port import EventBus
 from northpole.bus.stream import EventStream
-from northpole.core.app import Readiness
+from northpole.core.readiness import Readiness
 from northpole.core.settings import BusSettings
+
+if TYPE_CHECKING:  # a worker process builds streams without serving HTTP
+    from fastapi import APIRouter
 
 
 def build_stream(settings: BusSettings) -> EventStream:
@@ -57,6 +59,8 @@ class EventsPart:
 
     def router(self) -> APIRouter:
         """No routes of its own."""
+        from fastapi import APIRouter
+
         return APIRouter()
 
     @contextlib.asynccontextmanager

@@ -23,7 +23,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from prometheus_client import start_http_server
@@ -38,6 +38,9 @@ from northpole.core.settings import Settings
 from northpole.tasks.backends import HttpBackend, LocalBackend, WorkerBackend
 from northpole.tasks.handlers import TaskRegistry
 from northpole.tasks.worker import WorkerPool
+
+if TYPE_CHECKING:
+    from northpole.bus.port import EventBus
 
 _log = get_logger("northpole.worker")
 
@@ -102,11 +105,50 @@ async def open_backend(
         finally:
             await backend.close()
         return
+    from northpole.bus.port import InProcessBus
     from northpole.system import build_task_service
 
-    service = build_task_service(settings, registry=new_registry())
-    async with service.lifespan():
+    bus = InProcessBus()
+    service = build_task_service(settings, registry=new_registry(), bus=bus)
+    async with _forwarding(settings, bus), service.lifespan():
         yield LocalBackend(service)
+
+
+#: How long a stopping worker waits for its task events to reach the stream.
+FLUSH_TIMEOUT_S = 10.0
+
+
+@asynccontextmanager
+async def _forwarding(settings: Settings, bus: EventBus) -> AsyncIterator[None]:
+    """With ``bus.nats_url`` set, forward the local queue's task events to the stream.
+
+    A worker on the local queue makes the transitions itself (claims, starts,
+    completions, failures), so it is the one to put their ``task.state_changed``
+    events on NATS, as ``northpole up`` does for its own: the registry follows
+    them there. Without NATS there is no stream shared between processes.
+    """
+    if not settings.bus.nats_url:
+        yield
+        return
+    from northpole.bus.forward import StreamForwarder
+    from northpole.bus.nats import JetStreamStream
+    from northpole.bus.part import build_stream
+    from northpole.system import task_encoders
+
+    stream = build_stream(settings.bus)
+    if isinstance(stream, JetStreamStream):
+        await stream.open()
+    forwarder = StreamForwarder(bus, stream, task_encoders())
+    running = asyncio.create_task(forwarder.run(), name="northpole-event-forwarder")
+    try:
+        yield
+    finally:
+        if not await forwarder.flush(FLUSH_TIMEOUT_S):
+            _log.warning("task events not all forwarded before stopping", timeout_s=FLUSH_TIMEOUT_S)
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        forwarder.close()
+        await stream.close()
 
 
 def _install_signals(pool: WorkerPool) -> list[signal.Signals]:
