@@ -13,8 +13,9 @@ never lose their event use the transactional outbox (:mod:`northpole.bus.outbox`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from northpole.bus.port import EventBus, Subscription
 from northpole.bus.stream import EventStream, Message
@@ -116,3 +117,33 @@ class StreamForwarder:
                 continue
             self.forwarded += len(messages)
             return
+
+
+#: How long a stopping process waits for its buffered events to reach the stream.
+FLUSH_TIMEOUT_S = 10.0
+
+
+@contextlib.asynccontextmanager
+async def forwarding(
+    bus: EventBus,
+    stream: EventStream,
+    encoders: Mapping[str, Encoder],
+    *,
+    flush_timeout_s: float = FLUSH_TIMEOUT_S,
+) -> AsyncIterator[StreamForwarder]:
+    """Forward ``encoders``' subjects from ``bus`` to ``stream`` while the block runs.
+
+    On the way out, what was received is published first (up to
+    ``flush_timeout_s``, with a warning if some is left), then the forwarder
+    stops. The stream's own lifecycle belongs to the caller.
+    """
+    forwarder = StreamForwarder(bus, stream, encoders)
+    running = asyncio.create_task(forwarder.run(), name="northpole-event-forwarder")
+    try:
+        yield forwarder
+    finally:
+        if not running.done() and not await forwarder.flush(flush_timeout_s):
+            _log.warning("events not all forwarded before stopping", timeout_s=flush_timeout_s)
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        forwarder.close()

@@ -11,12 +11,11 @@ guarantees).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
-from northpole.bus.forward import Encoder, StreamForwarder
+from northpole.bus.forward import Encoder, forwarding
 from northpole.bus.memory import MemoryStream
 from northpole.bus.nats import JetStreamStream
 from northpole.bus.port import EventBus
@@ -68,16 +67,14 @@ class EventsPart:
         """Open the stream, forward events while serving, close on the way out."""
         if isinstance(self.stream, JetStreamStream):
             await self.stream.open()
-        forwarder = StreamForwarder(self._bus, self.stream, self._encoders)
-        running = asyncio.create_task(forwarder.run())
-        self._open = True
         try:
-            yield
+            async with forwarding(self._bus, self.stream, self._encoders):
+                self._open = True
+                try:
+                    yield
+                finally:
+                    self._open = False
         finally:
-            self._open = False
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-            forwarder.close()
             await self.stream.close()
 
     def readiness(self) -> Readiness:

@@ -114,10 +114,6 @@ async def open_backend(
         yield LocalBackend(service)
 
 
-#: How long a stopping worker waits for its task events to reach the stream.
-FLUSH_TIMEOUT_S = 10.0
-
-
 @asynccontextmanager
 async def _forwarding(settings: Settings, bus: EventBus) -> AsyncIterator[None]:
     """With ``bus.nats_url`` set, forward the local queue's task events to the stream.
@@ -130,7 +126,7 @@ async def _forwarding(settings: Settings, bus: EventBus) -> AsyncIterator[None]:
     if not settings.bus.nats_url:
         yield
         return
-    from northpole.bus.forward import StreamForwarder
+    from northpole.bus.forward import forwarding
     from northpole.bus.nats import JetStreamStream
     from northpole.bus.part import build_stream
     from northpole.system import task_encoders
@@ -138,16 +134,10 @@ async def _forwarding(settings: Settings, bus: EventBus) -> AsyncIterator[None]:
     stream = build_stream(settings.bus)
     if isinstance(stream, JetStreamStream):
         await stream.open()
-    forwarder = StreamForwarder(bus, stream, task_encoders())
-    running = asyncio.create_task(forwarder.run(), name="northpole-event-forwarder")
     try:
-        yield
+        async with forwarding(bus, stream, task_encoders()):
+            yield
     finally:
-        if not await forwarder.flush(FLUSH_TIMEOUT_S):
-            _log.warning("task events not all forwarded before stopping", timeout_s=FLUSH_TIMEOUT_S)
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-        forwarder.close()
         await stream.close()
 
 
