@@ -5,6 +5,8 @@
   rewritten to the task they stand for.
 * :func:`doomed`: new tasks that must fail at once because a dependency has
   already failed or expired, directly or through the batch.
+* :func:`admit`: the new tasks as they are to be stored (the doomed ones
+  FAILED) and the events of the submit.
 
 Nothing here does I/O: a store reads what these need, calls them, then writes.
 """
@@ -15,7 +17,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from northpole.tasks.model import FAILED_ENDS, Task, TaskState
+from northpole.tasks import transitions
+from northpole.tasks.model import FAILED_ENDS, Reason, Task, TaskEvent, TaskState
 
 
 @dataclass(slots=True)
@@ -86,3 +89,44 @@ def doomed(
                 found[dependent] = task_id
                 frontier.append(dependent)
     return list(found.items())
+
+
+def admit(
+    new: Sequence[Task], new_ids: set[int], states: Mapping[int, TaskState], now_ms: int
+) -> tuple[dict[int, Task], list[TaskEvent]]:
+    """Return the new tasks by id as they are to be stored, and the submit's events.
+
+    Every task gets its ``None -> PENDING`` event; those :func:`doomed` by a failed
+    dependency are stored FAILED (``dependency_failed``), their failures following
+    in cause order.
+
+    Args:
+        new: The tasks to store.
+        new_ids: Their ids.
+        states: The state of every stored dependency outside the batch.
+        now_ms: The submit's time.
+    """
+    final = {t.id: t for t in new}
+    events = [submitted_event(t, now_ms) for t in new]
+    for task_id, dependency in doomed(new, new_ids, states):
+        failed, event = transitions.fail_final(
+            final[task_id],
+            reason=Reason.DEPENDENCY_FAILED,
+            message=f"dependency {dependency} failed",
+            now_ms=now_ms,
+        )
+        final[task_id] = failed
+        events.append(event)
+    return final, events
+
+
+def submitted_event(task: Task, now_ms: int) -> TaskEvent:
+    """The ``None -> PENDING`` event of a newly stored task."""
+    return TaskEvent(
+        task_id=task.id,
+        gift_id=task.gift_id,
+        task_type=task.task_type,
+        old_state=None,
+        new_state=TaskState.PENDING,
+        at_ms=now_ms,
+    )

@@ -185,18 +185,6 @@ def completed_events(task_id: int, reply: Sequence[str], at_ms: int) -> list[Tas
     return [start, done]
 
 
-def submitted_event(task: Task, now_ms: int) -> TaskEvent:
-    """The ``None -> PENDING`` event of a newly stored task."""
-    return TaskEvent(
-        task_id=task.id,
-        gift_id=task.gift_id,
-        task_type=task.task_type,
-        old_state=None,
-        new_state=TaskState.PENDING,
-        at_ms=now_ms,
-    )
-
-
 def depth_key(field: str) -> tuple[TaskState, int, str]:
     """Split a ``depth`` hash field ``"<state>|<priority>|<type>"``."""
     state, priority, task_type = field.split("|", 2)

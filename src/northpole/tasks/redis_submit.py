@@ -28,10 +28,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from northpole.core.errors import Conflict, InvalidInput, NorthpoleError, Unavailable
-from northpole.tasks import transitions
-from northpole.tasks.batch import doomed, split_twins
-from northpole.tasks.model import Reason, Task, TaskEvent, TaskState
-from northpole.tasks.redis_codec import events_from_reply, submitted_event, task_fields
+from northpole.tasks.batch import admit, split_twins
+from northpole.tasks.model import Task, TaskEvent, TaskState
+from northpole.tasks.redis_codec import events_from_reply, task_fields
 from northpole.tasks.redis_follow import FollowUp, follow_items
 from northpole.tasks.redis_scripts import Call
 from northpole.tasks.scheduler import find_cycle
@@ -134,17 +133,7 @@ async def _submit_once(
     new_ids = {t.id for t in new}
     deps = await _validate(store, new, new_ids)
     states = {d: t.state for d, t in deps.items()}
-    final = {t.id: t for t in new}
-    events = [submitted_event(t, now_ms) for t in new]
-    for task_id, dependency in doomed(new, new_ids, states):
-        failed, event = transitions.fail_final(
-            final[task_id],
-            reason=Reason.DEPENDENCY_FAILED,
-            message=f"dependency {dependency} failed",
-            now_ms=now_ms,
-        )
-        final[task_id] = failed
-        events.append(event)
+    final, events = admit(new, new_ids, states, now_ms)
     reserve = [
         str(x)
         for t in new

@@ -73,7 +73,7 @@ import orjson
 from northpole.core.errors import Conflict, InvalidInput, Unavailable
 from northpole.core.sqlite import SqliteThread
 from northpole.tasks import transitions
-from northpole.tasks.batch import doomed, split_twins
+from northpole.tasks.batch import admit, split_twins
 from northpole.tasks.model import FAILED_ENDS, Reason, Task, TaskEvent, TaskState
 from northpole.tasks.retry import RetryPolicy
 from northpole.tasks.scheduler import assign_partitions, find_cycle, schedule_key, steal_order
@@ -136,17 +136,6 @@ _T = TypeVar("_T")
 _MAX_PROBES = 64
 #: How long counts of claimable tasks per partition rank partitions for stealing.
 _DEPTH_TTL_MS = 1_000
-
-
-def _submitted(task: Task, now_ms: int) -> TaskEvent:
-    return TaskEvent(
-        task_id=task.id,
-        gift_id=task.gift_id,
-        task_type=task.task_type,
-        old_state=None,
-        new_state=task.state,
-        at_ms=now_ms,
-    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -570,17 +559,7 @@ class SqliteTaskStore:
         clash = conn.execute(FIRST_EXISTING, (to_json(sorted(new_ids)),)).fetchone()
         if clash is not None:
             raise Conflict(f"task {clash[0]} already exists", field="id")
-        final = {t.id: t for t in new}
-        events = [_submitted(t, now_ms) for t in new]
-        for task_id, dependency in doomed(new, new_ids, states):
-            failed, event = transitions.fail_final(
-                final[task_id],
-                reason=Reason.DEPENDENCY_FAILED,
-                message=f"dependency {dependency} failed",
-                now_ms=now_ms,
-            )
-            final[task_id] = failed
-            events.append(event)
+        final, events = admit(new, new_ids, states, now_ms)
         self._insert(conn, final.values(), new_ids, states)
         out = [final.get(twin_of.get(t.id, t.id)) or stored_twins[twin_of[t.id]] for t in batch]
         return out, events
