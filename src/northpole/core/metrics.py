@@ -8,11 +8,37 @@ their own metrics on it (see ``idgen/metrics.py``). Names follow
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-__all__ = ["CONTENT_TYPE_LATEST", "HttpMetrics", "new_registry", "render"]
+__all__ = ["CONTENT_TYPE_LATEST", "Children", "HttpMetrics", "new_registry", "render"]
+
+_M = TypeVar("_M", Counter, Gauge, Histogram)
+
+
+class Children(Generic[_M]):
+    """A labelled metric's children by label values, each looked up once.
+
+    ``metric.labels(...)`` takes a lock and validates the values on every call; code
+    that runs per task or per event calls ``children(*values)`` instead, which
+    remembers each child (label sets are few: task types, states, outcomes).
+    """
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: _M) -> None:
+        self._metric: _M = metric
+        self._children: dict[tuple[str, ...], _M] = {}
+
+    def __call__(self, *values: str) -> _M:
+        """The child of ``values`` (created on first use)."""
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
 
 #: Request latency buckets in seconds, 0.25 ms to 10 s.
 LATENCY_BUCKETS = (

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from northpole.core.metrics import Children
 from northpole.tasks.model import TaskEvent, TaskState
 
 #: Processing time buckets in seconds, 1 ms to 10 minutes.
@@ -24,8 +25,12 @@ class TaskMetrics:
     desired_workers: Gauge
     _worker_labels: set[str] = field(default_factory=set)
     _depth_labels: set[tuple[str, str]] = field(default_factory=set)
-    _transition_children: dict[TaskState, Counter] = field(default_factory=dict)
-    _processing_children: dict[str, Histogram] = field(default_factory=dict)
+    transition: Children[Counter] = field(init=False)
+    processing_of: Children[Histogram] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.transition = Children(self.transitions)
+        self.processing_of = Children(self.processing)
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> TaskMetrics:
@@ -69,19 +74,8 @@ class TaskMetrics:
 
     def count(self, events: Iterable[TaskEvent]) -> None:
         """Count transitions; observe processing time is done on completion by the service."""
-        children = self._transition_children
         for event in events:
-            child = children.get(event.new_state)
-            if child is None:
-                child = children[event.new_state] = self.transitions.labels(event.new_state.value)
-            child.inc()
-
-    def processing_of(self, task_type: str) -> Histogram:
-        """The ``processing`` child of ``task_type`` (looked up once per type)."""
-        child = self._processing_children.get(task_type)
-        if child is None:
-            child = self._processing_children[task_type] = self.processing.labels(task_type)
-        return child
+            self.transition(event.new_state.value).inc()
 
     def set_depths(self, depths: dict[tuple[str, str], int]) -> None:
         """Replace the depth gauge's values, dropping label sets that emptied."""

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from northpole.core.metrics import Children
+
 #: Task processing time buckets in seconds, 1 ms to 10 min.
 PROCESSING_BUCKETS = (
     0.001,
@@ -34,15 +36,12 @@ class WorkerMetrics:
     processing: Histogram
     utilization: Gauge
     outcomes: Counter
-    _outcome_children: dict[tuple[str, str], Counter] = field(default_factory=dict)
+    outcome: Children[Counter] = field(init=False)
+    processing_of: Children[Histogram] = field(init=False)
 
-    def outcome(self, task_type: str, outcome: str) -> Counter:
-        """The ``outcomes`` child of ``(task_type, outcome)``, looked up once per pair."""
-        key = (task_type, outcome)
-        child = self._outcome_children.get(key)
-        if child is None:
-            child = self._outcome_children[key] = self.outcomes.labels(task_type, outcome)
-        return child
+    def __post_init__(self) -> None:
+        self.outcome = Children(self.outcomes)
+        self.processing_of = Children(self.processing)
 
     @classmethod
     def register(cls, registry: CollectorRegistry) -> WorkerMetrics:

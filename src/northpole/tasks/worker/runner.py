@@ -15,7 +15,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
-from prometheus_client import Histogram
 
 from northpole.core.logging import get_logger
 from northpole.tasks.backends import Assignment
@@ -56,7 +55,6 @@ class Runner:
         self._concurrency = concurrency
         self._gauge = metrics.utilization.labels(worker_id)
         self._gauge.set_function(lambda: self._held.running / self._concurrency)
-        self._durations: dict[str, Histogram] = {}
         self._slots = asyncio.Semaphore(concurrency)
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="northpole-task")
         self._tasks: dict[asyncio.Task[None], Held] = {}
@@ -113,21 +111,14 @@ class Runner:
         except NoHandler as exc:
             outcome = Outcome(error=exc.message, retry=False)
         elapsed = time.perf_counter() - started
-        self._duration(a.task_type).observe(elapsed)
-        if not outcome.ok:
-            fields: dict[str, object] = {"duration_ms": round(elapsed * 1000, 3)}
-            if held.taken_away:
-                fields["taken_away"] = True
-            _log.warning("task failed", error=outcome.error, retry=outcome.retry, **fields)
-        elif _stdlib_log.isEnabledFor(logging.INFO):
-            fields = {"duration_ms": round(elapsed * 1000, 3)}
-            if held.taken_away:
-                fields["taken_away"] = True
+        self._metrics.processing_of(a.task_type).observe(elapsed)
+        if outcome.ok and not _stdlib_log.isEnabledFor(logging.INFO):
+            return outcome
+        fields: dict[str, object] = {"duration_ms": round(elapsed * 1000, 3)}
+        if held.taken_away:
+            fields["taken_away"] = True
+        if outcome.ok:
             _log.info("task finished", **fields)
+        else:
+            _log.warning("task failed", error=outcome.error, retry=outcome.retry, **fields)
         return outcome
-
-    def _duration(self, task_type: str) -> Histogram:
-        child = self._durations.get(task_type)
-        if child is None:
-            child = self._durations[task_type] = self._metrics.processing.labels(task_type)
-        return child
