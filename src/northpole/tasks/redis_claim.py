@@ -55,6 +55,13 @@ def partition_map(partitions: int, members: tuple[str, ...]) -> dict[str, list[i
     return assign_partitions(partitions, members)
 
 
+def owned(store: RedisTaskStore, group: str, worker_id: str) -> list[int]:
+    """The partitions ``worker_id`` owns as of its group's last registration (none if the
+    group is not known yet)."""
+    members = store.group_members.get(group)
+    return partition_map(store.partitions, members).get(worker_id, []) if members else []
+
+
 def register_call(
     store: RedisTaskStore,
     worker_id: str,
@@ -115,7 +122,7 @@ async def claim(
     replies = await store.runner.run(calls)
     if register:
         store.group_members[claim.group] = tuple(replies.pop(0))
-    own = partition_map(partitions, store.group_members[claim.group]).get(claim.worker_id, [])
+    own = owned(store, claim.group, claim.worker_id)
     if claim.limit <= 0:
         return [], []
     peeks = {p: _peek(reply) for p, reply in zip(looked, replies, strict=True)}
@@ -260,7 +267,7 @@ async def heartbeat(store: RedisTaskStore, beat: Heartbeat, now_ms: int) -> Hear
         )
     replies = await store.runner.run(calls)
     store.group_members[beat.group] = tuple(replies[0])
-    own = partition_map(store.partitions, tuple(replies[0])).get(beat.worker_id, [])
+    own = owned(store, beat.group, beat.worker_id)
     held: set[int] = set()
     events: list[TaskEvent] = []
     for held_ids, evs in replies[1:]:

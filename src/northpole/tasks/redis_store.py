@@ -111,8 +111,8 @@ _Done = tuple[int, int, str, int, str | None]
 #: How long a worker's claims answer empty without asking Redis after one came back short
 #: while no wake-up was heard (see :meth:`RedisTaskStore.claim`).
 RECHECK_S = 0.25
-#: Workers whose last short claim is remembered at most (then the memory starts over).
-_SHORT_MAX = 10_000
+#: Workers the per-worker claim memories below hold at most (then they start over).
+_WORKERS_REMEMBERED = 10_000
 #: How often one worker's claims look at other workers' partitions to steal from them.
 STEAL_EVERY_S = 0.1
 #: How often one worker's claims register it (record it seen, read its group's members).
@@ -337,7 +337,7 @@ class RedisTaskStore:
             return await redis_claim.claim(self, claim, now_ms)
         count, counts = signal.count, signal.counts()
         idle = self._idle.get(claim.worker_id)
-        own = self._own(claim)
+        own = redis_claim.owned(self, claim.group, claim.worker_id)
         if idle is not None and own and time.monotonic() - idle[0] < RECHECK_S:
             woken = [p for p in own if counts[p] != idle[2][p]]
             if count == idle[1] or not woken:
@@ -351,19 +351,12 @@ class RedisTaskStore:
             return tasks, events
         tasks, events = await redis_claim.claim(self, claim, now_ms)
         if len(tasks) < claim.limit:
-            if len(self._idle) >= _SHORT_MAX:
+            if len(self._idle) >= _WORKERS_REMEMBERED:
                 self._idle.clear()
             self._idle[claim.worker_id] = (time.monotonic(), count, counts)
         else:
             self._idle.pop(claim.worker_id, None)
         return tasks, events
-
-    def _own(self, claim: Claim) -> list[int]:
-        """The partitions the worker owned at the group's last registration."""
-        members = self.group_members.get(claim.group)
-        if not members:
-            return []
-        return redis_claim.partition_map(self.partitions, members).get(claim.worker_id, [])
 
     def steal_due(self, worker_id: str) -> bool:
         """Whether this claim of ``worker_id`` should look at every partition (to steal
@@ -444,13 +437,12 @@ class RedisTaskStore:
         replies = await self.runner.run(calls) if calls else []
         out: list[CompleteOutcome] = [[] for _ in items]
         follow: list[FollowUp] = []
-        at = now_ms
         for (partition, indexes), (results, owed) in zip(groups.items(), replies, strict=True):
             for i, result in zip(indexes, results, strict=True):
                 _, task_id, worker_id, fence, _ = items[i]
                 code = result[0]
                 if code == "ok":
-                    out[i] = completed_events(task_id, result, at)
+                    out[i] = completed_events(task_id, result, now_ms)
                 elif code == "missing":
                     out[i] = TaskNotFound(task_id)
                 else:
@@ -629,7 +621,7 @@ def _due(last_times: dict[str, float], worker_id: str, every_s: float) -> bool:
     last = last_times.get(worker_id)
     if last is not None and now - last < every_s:
         return False
-    if len(last_times) >= _SHORT_MAX:
+    if len(last_times) >= _WORKERS_REMEMBERED:
         last_times.clear()
     last_times[worker_id] = now
     return True
