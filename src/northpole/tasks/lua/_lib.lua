@@ -75,6 +75,26 @@ local function count(t, delta)
   end
 end
 
+-- Depth counter deltas gathered over a whole call (depth_add), written once at its end
+-- (depth_flush): one HINCRBY per counter instead of one per task.
+local DEPTH, DEPTH_ORDER = {}, {}
+local function depth_add(field, delta)
+  if not DEPTH[field] then
+    DEPTH[field] = 0
+    DEPTH_ORDER[#DEPTH_ORDER + 1] = field
+  end
+  DEPTH[field] = DEPTH[field] + delta
+end
+
+local function depth_flush()
+  for _, field in ipairs(DEPTH_ORDER) do
+    local left = redis.call('HINCRBY', PFX .. 'depth', field, DEPTH[field])
+    if left <= 0 then
+      redis.call('HDEL', PFX .. 'depth', field)
+    end
+  end
+end
+
 local function hold(worker, delta)
   local n = redis.call('HINCRBY', PFX .. 'holders', worker, delta)
   if n <= 0 then

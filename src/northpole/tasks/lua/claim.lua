@@ -26,7 +26,7 @@ local records = {}
 if n <= 0 then
   return records
 end
-local removed, rorder, counts, corder, leases = {}, {}, {}, {}, {}
+local removed, rorder, leases = {}, {}, {}
 local function drop(key, id)
   local r = removed[key]
   if not r then
@@ -35,13 +35,6 @@ local function drop(key, id)
     rorder[#rorder + 1] = key
   end
   r[#r + 1] = id
-end
-local function bump(field, delta)
-  if not counts[field] then
-    counts[field] = 0
-    corder[#corder + 1] = field
-  end
-  counts[field] = counts[field] + delta
 end
 for _, head in ipairs(heads(queues(types), n + 16)) do
   local id = head[2]
@@ -71,8 +64,8 @@ for _, head in ipairs(heads(queues(types), n + 16)) do
     drop(PFX .. 'pend:' .. y, id)
     leases[#leases + 1] = lease_until
     leases[#leases + 1] = id
-    bump('PENDING|' .. p .. '|' .. y, -1)
-    bump('ASSIGNED|' .. p .. '|' .. y, 1)
+    depth_add('PENDING|' .. p .. '|' .. y, -1)
+    depth_add('ASSIGNED|' .. p .. '|' .. y, 1)
     records[#records + 1] = raw
     if #records >= n then
       break
@@ -91,10 +84,5 @@ end
 if #records > 0 then
   redis.call('HINCRBY', PFX .. 'holders', worker, #records)
 end
-for _, field in ipairs(corder) do
-  local left = redis.call('HINCRBY', PFX .. 'depth', field, counts[field])
-  if left <= 0 then
-    redis.call('HDEL', PFX .. 'depth', field)
-  end
-end
+depth_flush()
 return records

@@ -19,15 +19,7 @@
 local window = tonumber(ARGV[3])
 local items = cjson.decode(ARGV[4])
 local results, follow = {}, {}
-local leases, deadlines, held, horder, counts, corder, durs, dorder = {}, {}, {}, {}, {}, {},
-  {}, {}
-local function bump(field, delta)
-  if not counts[field] then
-    counts[field] = 0
-    corder[#corder + 1] = field
-  end
-  counts[field] = counts[field] + delta
-end
+local leases, deadlines, held, horder, durs, dorder = {}, {}, {}, {}, {}, {}
 for _, item in ipairs(items) do
   local id, worker, fence, result = item[1], item[2], item[3], item[4]
   local key = tkey(id)
@@ -64,8 +56,8 @@ for _, item in ipairs(items) do
       horder[#horder + 1] = w
     end
     held[w] = held[w] + 1
-    bump(s .. '|' .. p .. '|' .. y, -1)
-    bump('COMPLETED|' .. p .. '|' .. y, 1)
+    depth_add(s .. '|' .. p .. '|' .. y, -1)
+    depth_add('COMPLETED|' .. p .. '|' .. y, 1)
     if began then
       if not durs[y] then
         durs[y] = {}
@@ -87,12 +79,7 @@ end
 for _, w in ipairs(horder) do
   hold(w, -held[w])
 end
-for _, field in ipairs(corder) do
-  local left = redis.call('HINCRBY', PFX .. 'depth', field, counts[field])
-  if left <= 0 then
-    redis.call('HDEL', PFX .. 'depth', field)
-  end
-end
+depth_flush()
 local dur = PFX .. 'dur'
 for _, y in ipairs(dorder) do
   local got = redis.call('HMGET', dur, y, y .. '#n')

@@ -57,7 +57,7 @@ for i, item in ipairs(items) do
 end
 
 -- Index: gather the members of each sorted set and the counter deltas, then write them.
-local zsets, zorder, counts, corder, types = {}, {}, {}, {}, {}
+local zsets, zorder, types = {}, {}, {}
 local function zadd(key, score, member)
   local z = zsets[key]
   if not z then
@@ -83,12 +83,7 @@ for _, t in ipairs(tasks) do
       zadd(PFX .. 'deadlines', t.dl, t.id)
     end
   end
-  local field = t.s .. '|' .. t.p .. '|' .. t.y
-  if not counts[field] then
-    counts[field] = 0
-    corder[#corder + 1] = field
-  end
-  counts[field] = counts[field] + 1
+  depth_add(t.s .. '|' .. t.p .. '|' .. t.y, 1)
   if not types[t.y] then
     types[t.y] = true
     redis.call('SADD', PFX .. 'types', t.y)
@@ -100,9 +95,7 @@ for _, key in ipairs(zorder) do
     redis.call('ZADD', key, unpack(z, first, math.min(first + 999, #z)))
   end
 end
-for _, field in ipairs(corder) do
-  redis.call('HINCRBY', PFX .. 'depth', field, counts[field])
-end
+depth_flush()
 
 local events, follow = {}, {}
 for _, fix in ipairs(fixes) do
