@@ -229,8 +229,8 @@ def assigned(before: list[str], changes: dict[str, str]) -> Task:
     it = iter(before)
     fields = dict(zip(it, it, strict=True))
     fields.update(changes)
-    fields["f"] = str(int(fields["f"]) + 1)
-    fields["n"] = str(int(fields["n"]) + 1)
+    fields["f"] = str(int(fields.get("f", 0)) + 1)
+    fields["n"] = str(int(fields.get("n", 0)) + 1)
     return task_from_hash(fields)
 
 

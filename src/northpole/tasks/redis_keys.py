@@ -59,8 +59,10 @@ from northpole.core.errors import InvalidInput
 #: Buckets of the task id -> partition directory.
 DIRECTORY_BUCKETS = 64
 
-#: The task record's hash fields (absent field = None), in Task field order, then the
-#: store's own: ``sk`` sched_key and ``cl`` when the running attempt was claimed.
+#: The task record's hash fields (absent field = None, or for ``n``, ``rc``, ``f``, ``u``
+#: and ``a`` their default: :data:`northpole.tasks.redis_codec.DEFAULTS`), in Task field
+#: order, then the store's own: ``sk`` sched_key and ``cl`` when the running attempt was
+#: claimed.
 FIELDS = {
     "id": "i",
     "gift_id": "g",

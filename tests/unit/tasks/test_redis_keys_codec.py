@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from northpole.core.errors import InvalidInput
 from northpole.tasks.model import Task, TaskState
 from northpole.tasks.redis_codec import (
+    DEFAULTS,
     HEAD_FIELDS,
     depth_key,
     event_from_reply,
@@ -132,12 +133,30 @@ def test_none_fields_are_left_out_and_empty_strings_kept() -> None:
 
 
 def test_the_fixed_fields_lead_in_the_order_the_submit_script_reads_them() -> None:
-    """The first 14 pairs are HEAD_FIELDS in order, whatever optional fields a task has."""
+    """The first 9 pairs are HEAD_FIELDS in order, whatever optional fields a task has."""
     bare = task_fields(_task(deadline_ms=None, metadata={}, idempotency_key=None), aging_ms=1)
     full = task_fields(_task(deadline_ms=99, worker_id="w", result="r"), aging_ms=1)
+    head = 2 * len(HEAD_FIELDS)
     for fields in (bare, full):
-        assert tuple(fields[0:28:2]) == HEAD_FIELDS
-    assert "dl" in full[28::2]
+        assert tuple(fields[0:head:2]) == HEAD_FIELDS
+    assert "dl" in full[head::2]
+
+
+def test_fields_at_their_default_are_left_out_and_read_back() -> None:
+    """A new task stores no attempts, retry count, fence, update or available time; a
+    task whose values differ stores them; both decode to the same Task."""
+    fresh = _task(
+        created_ms=500, updated_ms=500, available_ms=500, attempts=0, retry_count=0, fence=0
+    )
+    names = task_fields(fresh, aging_ms=1)[0::2]
+    assert not set(DEFAULTS) & set(names)
+    assert task_from_flat(task_fields(fresh, aging_ms=1)) == fresh
+    moved = _task(
+        created_ms=500, updated_ms=600, available_ms=700, attempts=2, retry_count=1, fence=3
+    )
+    names = task_fields(moved, aging_ms=1)[0::2]
+    assert set(DEFAULTS) <= set(names)
+    assert task_from_flat(task_fields(moved, aging_ms=1)) == moved
 
 
 def test_the_stored_sched_key_is_the_scheduler_s() -> None:

@@ -2,7 +2,8 @@
 --
 -- KEYS[1]  the partition prefix "<ns>:{p<N>}:"; every key below is built from it
 --          and so lives in the partition's slot:
---   t:<id>            HASH   the task record (fields in redis_keys.FIELDS; absent = None)
+--   t:<id>            HASH   the task record (fields in redis_keys.FIELDS; absent = None,
+--                            or the default for n, rc, f, u, a: see load)
 --   ready:<type>      ZSET   claimable PENDING tasks (no waiting dependency, available), by sk
 --   delayed           ZSET   PENDING tasks not yet available (backoff), by available_ms
 --   pend:<type>       ZSET   every PENDING task, by available_ms
@@ -44,7 +45,9 @@ local function wake()
   end
 end
 
--- Return the record of a task as a table of fields (plus .id), or nil.
+-- Return the record of a task as a table of fields (plus .id), or nil. Fields at their
+-- default are not stored (redis_codec.DEFAULTS): attempts, retry count and fence 0,
+-- updated and available times the creation time; they are filled in here.
 local function load(id)
   local raw = redis.call('HGETALL', tkey(id))
   if #raw == 0 then
@@ -55,6 +58,11 @@ local function load(id)
     t[raw[i]] = raw[i + 1]
   end
   t.id = id
+  t.n = t.n or '0'
+  t.rc = t.rc or '0'
+  t.f = t.f or '0'
+  t.u = t.u or t.c
+  t.a = t.a or t.c
   return t
 end
 

@@ -40,7 +40,7 @@ for _, head in ipairs(heads(queues(types), n + 16)) do
   local id = head[2]
   local key = tkey(id)
   local raw = redis.call('HGETALL', key)
-  local s, dl, f, nn, y, p
+  local s, dl, f, nn, y, p = nil, nil, '0', '0', nil, nil  -- f and n absent: 0 (load)
   for i = 1, #raw, 2 do
     local field = raw[i]
     if field == 's' then

@@ -24,8 +24,8 @@ for _, item in ipairs(items) do
   local id, worker, fence, result = item[1], item[2], item[3], item[4]
   local key = tkey(id)
   local r = redis.call('HMGET', key, 's', 'w', 'f', 'y', 'p', 'st', 'cl', 'u', 'n', 'dl', 'g')
-  local s, w, f, y, p, st, cl, u, n, dl, g = r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
-    r[9], r[10], r[11]
+  local s, w, f, y, p, st, cl, u, n, dl, g = r[1], r[2], r[3] or '0', r[4], r[5], r[6], r[7],
+    r[8], r[9] or '0', r[10], r[11]
   if not s then
     results[#results + 1] = {'missing'}
   elseif not running(s) or w ~= worker or f ~= fence then

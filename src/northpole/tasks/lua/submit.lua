@@ -4,8 +4,8 @@
 --          deps:<dep> of dependencies in this partition, types, depth, the state indexes.
 -- ARGV[1]  partition number        ARGV[2]  now (ms)
 -- ARGV[3]  the tasks as one JSON array (every value a string), one item per task:
---          [id, [field, value, ...] (the whole record: 14 fixed pairs first, in the order of
---           redis_codec.HEAD_FIELDS, then the optional ones),
+--          [id, [field, value, ...] (the whole record: 9 fixed pairs first, in the order of
+--           redis_codec.HEAD_FIELDS, then the optional ones; a is absent when it equals c),
 --           [dependency ids not COMPLETED when the caller read them] (PENDING tasks only),
 --           [dependency ids that live in this partition] (edges registered here)]
 -- Returns {"exists", id} (and writes nothing) if a task id is already stored, else
@@ -28,12 +28,16 @@ local tasks = {}
 for i, item in ipairs(items) do
   local id, fields, wait = item[1], item[2], item[3]
   redis.call('HSET', tkey(id), unpack(fields))
-  -- y, p, s, a and sk by position (redis_codec.HEAD_FIELDS); dl among the optional pairs.
+  -- y, p, s, c and sk by position (redis_codec.HEAD_FIELDS); a and dl among the optional
+  -- pairs (a absent: c).
   local t = {id = id, nwait = #wait, y = fields[6], p = fields[8], s = fields[14],
-    a = fields[20], sk = fields[28]}
-  for j = 29, #fields, 2 do
-    if fields[j] == 'dl' then
+    a = fields[16], sk = fields[18]}
+  for j = 19, #fields, 2 do
+    local name = fields[j]
+    if name == 'dl' then
       t.dl = fields[j + 1]
+    elseif name == 'a' then
+      t.a = fields[j + 1]
     end
   end
   if #wait > 0 then

@@ -12,11 +12,11 @@ local leases = {}
 local expired = redis.call('ZRANGEBYSCORE', PFX .. 'leases', '-inf', '(' .. ARGV[2], 'LIMIT', 0,
   tonumber(ARGV[4]))
 for _, id in ipairs(expired) do
-  local got = redis.call('HMGET', tkey(id), 'f', 'rc')
+  local got = redis.call('HMGET', tkey(id), 's', 'f', 'rc')
   if got[1] then
     leases[#leases + 1] = id
-    leases[#leases + 1] = got[1]
-    leases[#leases + 1] = got[2]
+    leases[#leases + 1] = got[2] or '0'  -- absent: 0 (see load)
+    leases[#leases + 1] = got[3] or '0'
   end
 end
 local owed = {}
