@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from northpole.core.errors import InvalidInput
+from northpole.idgen import IdGenerator, encode
 from northpole.tasks.model import Task, TaskState
 from northpole.tasks.redis_codec import (
     DEFAULTS,
@@ -19,7 +20,7 @@ from northpole.tasks.redis_codec import (
     task_fields,
     task_from_flat,
 )
-from northpole.tasks.redis_keys import DIRECTORY_BUCKETS, FIELDS, Keys
+from northpole.tasks.redis_keys import DIRECTORY_BUCKETS, FIELDS, Keys, directory_bucket
 from northpole.tasks.redis_scripts import (
     PARTITION_SCRIPTS,
     PLAIN_SCRIPTS,
@@ -104,9 +105,25 @@ def test_registry_idempotency_and_directory_live_in_slots_of_their_own() -> None
     """The worker registry, the idempotency hash and directory buckets are apart from partitions."""
     keys = Keys("np")
     assert _slot(keys.workers) == _slot(keys.workers_prefix + "group:g")
-    assert keys.directory(5) == keys.directory(5 + DIRECTORY_BUCKETS)
-    assert keys.directory(5) != keys.directory(6)
+    assert keys.directory(5) == keys.directory(6)
+    assert _slot(keys.directory(5)) != _slot(keys.partition(0))
     assert keys.idempotency == "np:{i}:idem"
+
+
+def test_a_batch_of_snowflake_ids_shares_a_directory_bucket_and_buckets_rotate() -> None:
+    """One workshop's ids of one millisecond share a bucket; over 64 ms (or 64
+    workshops) every bucket is used once."""
+    batch = IdGenerator(workshop_id=3).next_ids(1_000)
+    assert len({directory_bucket(i) for i in batch}) <= 2
+    by_ms = {
+        directory_bucket(encode(elapsed_ms=1_000 + ms, workshop_id=3, sequence=0))
+        for ms in range(DIRECTORY_BUCKETS)
+    }
+    by_workshop = {
+        directory_bucket(encode(elapsed_ms=1_000, workshop_id=w, sequence=0))
+        for w in range(DIRECTORY_BUCKETS)
+    }
+    assert by_ms == by_workshop == set(range(DIRECTORY_BUCKETS))
 
 
 def test_a_namespace_with_braces_or_spaces_is_refused() -> None:

@@ -18,16 +18,27 @@
 
 local items = cjson.decode(ARGV[3])
 
-for _, item in ipairs(items) do
-  if redis.call('EXISTS', tkey(item[1])) == 1 then
-    return {'exists', item[1]}
+-- One EXISTS per 1,000 records (Lua's unpack has a limit); the one stored id is looked
+-- for only when there is one.
+local tkeys = {}
+for i, item in ipairs(items) do
+  tkeys[i] = tkey(item[1])
+end
+for first = 1, #tkeys, 1000 do
+  local last = math.min(first + 999, #tkeys)
+  if redis.call('EXISTS', unpack(tkeys, first, last)) > 0 then
+    for i = first, last do
+      if redis.call('EXISTS', tkeys[i]) == 1 then
+        return {'exists', items[i][1]}
+      end
+    end
   end
 end
 
 local tasks = {}
 for i, item in ipairs(items) do
   local id, fields, wait = item[1], item[2], item[3]
-  redis.call('HSET', tkey(id), unpack(fields))
+  redis.call('HSET', tkeys[i], unpack(fields))
   -- y, p, s, c and sk by position (redis_codec.HEAD_FIELDS); a and dl among the optional
   -- pairs (a absent: c).
   local t = {id = id, nwait = #wait, y = fields[6], p = fields[8], s = fields[14],
