@@ -108,7 +108,11 @@ def create_app(
         max_body_bytes=settings.http.max_body_bytes,
     )
     # Outermost: compress what the routes (and the error handler) answer.
-    app.add_middleware(GZipMiddleware, minimum_size=settings.http.gzip_min_bytes)
+    app.add_middleware(
+        GZipMiddleware,
+        minimum_size=settings.http.gzip_min_bytes,
+        compresslevel=settings.http.gzip_level,
+    )
     app.include_router(_ops_router(parts, registry))
     for part in parts:
         app.include_router(part.router())

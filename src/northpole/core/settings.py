@@ -158,6 +158,10 @@ class HttpSettings(BaseModel):
     max_body_bytes: int = Field(default=8_388_608, ge=1024)
     #: Responses at least this large are gzipped for clients that accept gzip.
     gzip_min_bytes: int = Field(default=1_024, ge=0)
+    #: zlib level of those answers: 1 (the default, as nginx's) compresses a 1,000-task
+    #: answer 40x in 0.5 ms; 9 gets 59x but takes 3.8 ms, a fifth of the server's time
+    #: on batch submits.
+    gzip_level: int = Field(default=1, ge=1, le=9)
     shutdown_timeout_s: float = Field(default=10.0, ge=0)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import os
 import re
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -625,6 +627,22 @@ def test_restart_inside_reservation_waits_at_startup(tmp_path: Path) -> None:
         assert app_b.get("/readyz").status_code == 200
         new = [int(x) for x in _generate_with(app_b, settings, clock_b, 3).json()["ids"]]
         assert min(new) > max(old)
+
+
+@pytest.mark.parametrize(("level", "xfl"), [(1, 4), (6, 0), (9, 2)])
+def test_the_gzip_level_is_the_setting(tmp_path: Path, level: int, xfl: int) -> None:
+    """Answers are compressed at ``http.gzip_level`` (the gzip header's XFL byte says
+    fastest for 1, best for 9), and still decode to the same ids."""
+    base = make_settings(tmp_path)
+    settings = base.model_copy(update={"http": base.http.model_copy(update={"gzip_level": level})})
+    clock = FakeClock(START_MS)
+    headers = {**bearer(settings, clock), "Accept-Encoding": "gzip"}
+    with TestClient(build_app(settings, parts=["idgen"], clock=clock)) as client:
+        with client.stream("POST", GENERATE, json={"count": 4096}, headers=headers) as answer:
+            raw = b"".join(answer.iter_raw())
+    assert raw[:2] == b"\x1f\x8b"
+    assert raw[8] == xfl
+    assert len(orjson.loads(gzip.decompress(raw))["ids"]) == 4096
 
 
 def test_large_answers_are_gzipped_for_clients_that_accept_it(api: Api) -> None:
