@@ -43,6 +43,12 @@ Every line has ``system``, ``case``, ``n``, ``seconds``, ``rate``; a summary
 table (ours against the best peer per case, and the ratio) goes to stderr
 with the targets of issue 7. Loopback only; every wait is bounded.
 
+Our submit and lifecycle lines also carry the Redis CPU per task (``INFO
+cpu`` of every server before and after): all servers together and the
+busiest one. On the 3-master cluster the busiest master's share against the
+single server's tells how far Redis-bound throughput scales when each master
+has a core of its own, which the rates on this shared machine cannot show.
+
 This process collects its youngest GC generation as ``northpole up`` does
 (every :data:`~northpole.core.server.GC_YOUNG_THRESHOLD` allocations, not
 Python's 700), for every system's producer alike: with the default the
@@ -486,6 +492,42 @@ def our_tasks(count: int, task_type: str, now: int, partitions: int, **meta: str
     return out
 
 
+def node_clients(url: str) -> list[redis.Redis]:
+    """A client per server of ``url``: every master of a cluster, or the one server."""
+    if not url.startswith("redis+cluster://"):
+        return [redis.Redis.from_url(url)]
+    out = []
+    for node in url.removeprefix("redis+cluster://").split(","):
+        host, port = node.rsplit(":", 1)
+        out.append(redis.Redis(host=host, port=int(port)))
+    return out
+
+
+def redis_cpu(url: str) -> list[float]:
+    """CPU seconds (user + system, ``INFO cpu``) each server of ``url`` has used so far."""
+    out = []
+    for client in node_clients(url):
+        with contextlib.closing(client):
+            info = client.info("cpu")
+        out.append(float(info["used_cpu_user"]) + float(info["used_cpu_sys"]))
+    return out
+
+
+def cpu_fields(before: list[float], after: list[float], n: int) -> dict[str, Any]:
+    """Redis CPU per task over a case: all servers together, and the busiest one.
+
+    On a cluster the busiest master's figure against the single server's is how far
+    Redis-bound throughput scales once each master has a core of its own (here the
+    masters share the machine's two cores with everything else).
+    """
+    used = [b - a for a, b in zip(before, after, strict=True)]
+    per_task = 1e6 / max(n, 1)
+    return {
+        "redis_cpu_us_per_task": round(sum(used) * per_task, 2),
+        "busiest_redis_cpu_us_per_task": round(max(used) * per_task, 2),
+    }
+
+
 def now_ms() -> int:
     """Wall-clock Unix ms."""
     return time.time_ns() // 1_000_000
@@ -510,6 +552,7 @@ async def our_submit_store(run: Run, url: str) -> dict[str, Any]:
     total = sum(len(b) for b in batches)
     async with our_store(url) as store:
         todo = list(batches)
+        cpu = redis_cpu(url)
         start = time.perf_counter()
 
         async def submitter() -> None:
@@ -518,7 +561,8 @@ async def our_submit_store(run: Run, url: str) -> dict[str, Any]:
 
         await asyncio.gather(*(submitter() for _ in range(opts.submitters)))
         seconds = time.perf_counter() - start
-    return record("northpole", "submit_store", total, seconds, batch=opts.batch)
+        used = cpu_fields(cpu, redis_cpu(url), total)
+    return record("northpole", "submit_store", total, seconds, batch=opts.batch, **used)
 
 
 async def our_submit_http(run: Run, url: str) -> dict[str, Any]:
@@ -583,9 +627,12 @@ def our_lifecycle(run: Run, url: str, count: int, mode: str) -> dict[str, Any]:
     """``--tasks`` no-op tasks drained by ``count`` of our workers."""
     total = run.opts.tasks
     asyncio.run(our_presubmit(url, total, NOOP))
+    cpu = redis_cpu(url)
     with our_fleet(run, count, url, mode, f"life{count}") as workers:
         n, seconds, timed_out = wait_done(workers, total, run.opts.timeout_s)
+        used = cpu_fields(cpu, redis_cpu(url), n)
     out = record("northpole", f"lifecycle_w{count}", n, seconds, mode=mode, timed_out=timed_out)
+    out.update(used)
     out["worker_peak_rss_mb"] = max(workers.peaks.values(), default=None)
     return out
 
@@ -837,9 +884,8 @@ def peer_cases(run: Run, system: str, server_url: str, db: int) -> None:
 def flush(url: str) -> None:
     """Empty the server (every node of a cluster) between two cases."""
     if url.startswith("redis+cluster://"):
-        for node in url.removeprefix("redis+cluster://").split(","):
-            host, port = node.rsplit(":", 1)
-            with contextlib.closing(redis.Redis(host=host, port=int(port))) as client:
+        for client in node_clients(url):
+            with contextlib.closing(client):
                 client.flushall()
         return
     with contextlib.closing(redis.Redis.from_url(url)) as client:
@@ -946,6 +992,13 @@ def summary(run: Run) -> None:
                 f"cluster/single {r['case']} {r.get('mode') or ''}: "
                 f"{r['rate']:,} / {single['rate']:,} = {r['rate'] / single['rate']:.2f}"
             )
+            one = single.get("redis_cpu_us_per_task")
+            busiest = r.get("busiest_redis_cpu_us_per_task")
+            if one and busiest:
+                console.print(
+                    f"  Redis CPU per task: one server {one} us, busiest of the masters "
+                    f"{busiest} us: a Redis-bound ceiling {one / busiest:.2f}x one server's"
+                )
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
