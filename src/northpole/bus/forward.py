@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from northpole.bus.port import EventBus, Subscription
 from northpole.bus.stream import EventStream, Message
 from northpole.core.errors import Unavailable
+from northpole.core.lifecycle import check_cancelled, stop_tasks
 from northpole.core.logging import get_logger
 
 _log = get_logger(__name__)
@@ -85,9 +86,7 @@ class StreamForwarder:
         try:
             await asyncio.gather(*readers)
         finally:
-            for reader in readers:
-                reader.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
+            await stop_tasks(*readers)
 
     async def _forward(self, subscription: Subscription) -> None:
         encode = self._encoders[subscription.pattern]
@@ -103,6 +102,7 @@ class StreamForwarder:
                 await self._publish(messages)
             finally:
                 self._publishing -= 1
+            check_cancelled()  # a cancel the driver lost (core.lifecycle)
 
     async def _publish(self, messages: list[Message]) -> None:
         failures = 0
@@ -110,6 +110,7 @@ class StreamForwarder:
             try:
                 await self.stream.publish(messages)
             except Unavailable as exc:
+                check_cancelled()
                 failures += 1
                 delay = min(self.max_backoff_s, 0.1 * 2**failures) * self._rng.uniform(0.5, 1)
                 _log.warning("event forward failed; retrying", error=str(exc), in_s=round(delay, 3))
@@ -144,6 +145,5 @@ async def forwarding(
     finally:
         if not running.done() and not await forwarder.flush(flush_timeout_s):
             _log.warning("events not all forwarded before stopping", timeout_s=flush_timeout_s)
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
+        await stop_tasks(running)
         forwarder.close()

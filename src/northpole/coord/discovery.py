@@ -32,6 +32,7 @@ from northpole.coord.metrics import CoordMetrics
 from northpole.coord.settings import CoordSettings
 from northpole.core.app import Readiness
 from northpole.core.errors import NotFound, Unavailable
+from northpole.core.lifecycle import stop_tasks
 from northpole.core.logging import get_logger
 
 _log = get_logger(__name__)
@@ -164,8 +165,7 @@ class ServiceRegistrar:
         """Stop checking and deregister at once (the lease is revoked)."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await stop_tasks(task)
         if self.keeper is not None:
             await self.keeper.close(revoke=True)
 

@@ -28,6 +28,7 @@ from northpole.coord.client import Compare, EtcdClient, Get, KeyValue, Put
 from northpole.coord.leases import LeaseKeeper
 from northpole.coord.metrics import CoordMetrics
 from northpole.core.errors import Unavailable
+from northpole.core.lifecycle import stop_tasks
 from northpole.core.logging import get_logger
 
 _log = get_logger(__name__)
@@ -147,9 +148,7 @@ class Election:
             try:
                 await asyncio.wait({deleted, lost}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in (deleted, lost):
-                    task.cancel()
-                await asyncio.gather(deleted, lost, return_exceptions=True)
+                await stop_tasks(deleted, lost)
             if lost.done() and not lost.cancelled():
                 raise Unavailable(f"lost the candidate lease while waiting: {lost.result()}")
             if not deleted.cancelled() and (error := deleted.exception()) is not None:

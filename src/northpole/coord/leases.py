@@ -19,6 +19,7 @@ from northpole.coord.client import EtcdClient
 from northpole.coord.deadline import LeaseDeadline
 from northpole.coord.metrics import CoordMetrics
 from northpole.core.errors import NotFound, Unavailable
+from northpole.core.lifecycle import stop_tasks
 from northpole.core.logging import get_logger
 
 _log = get_logger(__name__)
@@ -112,8 +113,7 @@ class LeaseKeeper:
         """
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await stop_tasks(task)
         if not self.lost:
             self._mark_lost("closed")
         if revoke and self.lease_id:

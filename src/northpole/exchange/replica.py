@@ -51,6 +51,7 @@ from northpole.coord.settings import CoordSettings
 from northpole.core.app import Readiness, json_response
 from northpole.core.clock import Clock
 from northpole.core.errors import Conflict, NorthpoleError, Unauthenticated, Unavailable
+from northpole.core.lifecycle import stop_tasks
 from northpole.core.logging import get_logger
 from northpole.exchange import keys
 from northpole.exchange.crypto import SealedMatch
@@ -202,9 +203,7 @@ class MatcherReplica:
             try:
                 yield
             finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await stop_tasks(*tasks)
                 leadership, self.leadership = self.leadership, None
                 if leadership is not None:
                     with contextlib.suppress(NorthpoleError):
@@ -487,9 +486,7 @@ class MatcherReplica:
         except TimeoutError:
             _log.warning("followers' votes timed out", exchange_id=ex.id)
         finally:
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await stop_tasks(*pending)
 
     # -- the voter (follower) ---------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field, replace
 
 from northpole.core.clock import Clock
 from northpole.core.errors import Conflict, InvalidInput
+from northpole.core.lifecycle import stop_tasks
 from northpole.core.logging import get_logger
 from northpole.exchange import keys
 from northpole.exchange import replica_keys as rk
@@ -272,9 +273,7 @@ class TwoPhaseCommit:
         try:
             await asyncio.gather(*tasks)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await stop_tasks(*tasks)
 
     # -- phase 2: votes ----------------------------------------------------------------
 

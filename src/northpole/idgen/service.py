@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from northpole.core.app import Readiness
 from northpole.core.clock import Clock, SystemClock
 from northpole.core.errors import Unavailable
+from northpole.core.lifecycle import stop_tasks
 from northpole.core.logging import get_logger
 from northpole.core.settings import IdGenSettings
 from northpole.idgen.allocator import LockFileAllocator, WorkshopIdAllocator, WorkshopLease
@@ -90,8 +91,7 @@ class IdGenService:
         try:
             yield
         finally:
-            supervisor.cancel()
-            await asyncio.gather(supervisor, return_exceptions=True)
+            await stop_tasks(supervisor)
             await self._uninstall()
 
     async def _install(self, lease: WorkshopLease) -> None:

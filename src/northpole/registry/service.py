@@ -39,6 +39,7 @@ from northpole.bus.subjects import TASK_STATE_CHANGED
 from northpole.core.app import Readiness
 from northpole.core.clock import Clock
 from northpole.core.errors import InvalidInput, NorthpoleError, Unavailable
+from northpole.core.lifecycle import stop_tasks
 from northpole.core.logging import get_logger
 from northpole.registry.cache import GiftCache
 from northpole.registry.lifecycle import TaskSignal, is_relevant
@@ -159,11 +160,7 @@ class RegistryService:
             yield
         finally:
             subscription.close()
-            for job in jobs:
-                job.cancel()
-            for job in jobs:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await job
+            await stop_tasks(*jobs)
             await self._follow_rest(subscription)
             unwatch()
             self._repository = self._relay = None

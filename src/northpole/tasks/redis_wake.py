@@ -30,6 +30,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from northpole.core.lifecycle import check_cancelled, stop_tasks
 from northpole.core.logging import get_logger
 from northpole.tasks.redis_keys import Keys
 from northpole.tasks.redis_scripts import DRIVER_ERRORS, Client
@@ -110,9 +111,7 @@ class WorkSignal:
         self._closed = True
         listener, self._listener = self._listener, None
         if listener is not None:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            await stop_tasks(listener)
 
     def _fire(self, partition: int | None = None) -> None:
         """Count a wake-up of ``partition`` (``None``: of every partition, as after a
@@ -144,9 +143,11 @@ class WorkSignal:
                 self._fire()  # anything published while (re)connecting is not known: look again
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                    check_cancelled()  # a cancel the driver lost (core.lifecycle)
                     if message is not None:
                         self._fire(_partition(message.get("data")))
             except DRIVER_ERRORS as exc:
+                check_cancelled()
                 self._listening = False
                 _log.warning("work signal listener lost its connection", error=str(exc))
                 await asyncio.sleep(RECONNECT_S)

@@ -8,7 +8,6 @@ polling for claims, the periodic sweeper, metrics and the autoscaling signal.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
@@ -20,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from northpole.bus.port import EventBus
 from northpole.core.clock import Clock
 from northpole.core.errors import InvalidInput, NorthpoleError, Unavailable
+from northpole.core.lifecycle import cancel_requested, check_cancelled, stop_tasks
 from northpole.core.logging import get_logger
 from northpole.core.readiness import Readiness
 from northpole.core.settings import TaskSettings
@@ -132,9 +132,7 @@ class TaskService:
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            await stop_tasks(sweeper)
             store, self._store = self._store, None
             await store.close()
 
@@ -364,7 +362,9 @@ class TaskService:
             try:
                 await self._sweep_once()
             except Exception:  # the sweeper must outlive any one bad pass
-                _log.exception("task sweep failed")
+                if not cancel_requested():
+                    _log.exception("task sweep failed")
+            check_cancelled()  # a cancel the driver lost (core.lifecycle)
 
     async def _sweep_once(self) -> None:
         now = self.clock.now_ms()

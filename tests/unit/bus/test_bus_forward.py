@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 import pytest
@@ -114,3 +115,32 @@ async def test_an_encoder_may_skip_events(skip: bool) -> None:
     running.cancel()
     await asyncio.gather(running, return_exceptions=True)
     assert stream.last_seq == (0 if skip else 1)
+
+
+class LosesCancels(MemoryStream):
+    """A memory stream whose publish loses a cancel that lands in it, as a driver can on
+    Python 3.11 (asyncio.wait_for's race; see northpole.core.lifecycle)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+
+    async def publish(self, messages: Sequence[Message]) -> int:
+        self.entered.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.05)
+        return await super().publish(messages)
+
+
+async def test_a_forwarder_cancelled_while_its_stream_loses_the_cancel_still_stops() -> None:
+    """One cancel landing in a publish that swallows it ends the forwarder anyway."""
+    bus = InProcessBus()
+    stream = LosesCancels()
+    forwarder = StreamForwarder(bus, stream, {TASK_STATE_CHANGED: task_event_message})
+    running = asyncio.create_task(forwarder.run())
+    bus.publish(TASK_STATE_CHANGED, [event(1, TaskState.PENDING, None)])
+    await stream.entered.wait()
+    running.cancel()
+    done, _ = await asyncio.wait({running}, timeout=2)
+    assert done == {running}
+    forwarder.close()

@@ -8,6 +8,7 @@ import random
 from collections.abc import Callable
 
 from northpole.core.errors import Unavailable
+from northpole.core.lifecycle import check_cancelled
 from northpole.core.logging import get_logger
 from northpole.tasks.backends import (
     Ack,
@@ -90,6 +91,7 @@ class Acker:
             batch = list(self._pending.values())[: self._max_batch]
             try:
                 await self._send(batch)
+                check_cancelled()  # a cancel the driver lost (core.lifecycle)
             except Unavailable as exc:
                 failures += 1
                 delay = self._backoff.delay_s(failures, self._rng)

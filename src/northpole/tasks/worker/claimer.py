@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from northpole.core.errors import Unavailable
+from northpole.core.lifecycle import check_cancelled
 from northpole.core.logging import get_logger
 from northpole.tasks.backends import Assignment, Backoff, WorkerBackend
 from northpole.tasks.model import MAX_HELD
@@ -90,6 +91,7 @@ class Claimer:
             claim = replace(self._template, limit=min(self._batch, room))
             try:
                 reply = await self._backend.claim(claim, wait_s=self._wait_s)
+                check_cancelled()  # a cancel the driver lost (core.lifecycle)
             except Unavailable as exc:
                 failures += 1
                 delay = self._backoff.delay_s(failures, self._rng)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from northpole.core.errors import Unavailable
+from northpole.core.lifecycle import check_cancelled
 from northpole.core.logging import get_logger
 from northpole.tasks.backends import WorkerBackend
 from northpole.tasks.store import Heartbeat
@@ -79,3 +80,4 @@ class Heartbeater:
                 await self.beat()
             except Unavailable as exc:
                 _log.warning("heartbeat failed", error=str(exc))
+            check_cancelled()  # a cancel the driver lost (core.lifecycle)

@@ -21,6 +21,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from northpole.core.errors import ConfigurationError, NorthpoleError
+from northpole.core.lifecycle import stop_tasks
 from northpole.core.logging import get_logger
 from northpole.core.metrics import new_registry
 from northpole.tasks.backends import (
@@ -198,9 +199,7 @@ class WorkerPool:
                 await self._stopping.wait()
                 await self._drain(loops)
             finally:
-                for loop in loops.values():
-                    loop.cancel()
-                await asyncio.gather(*loops.values(), return_exceptions=True)
+                await stop_tasks(*loops.values())
                 self._runner.shutdown()
             _log.info("worker stopped", held=len(self._held))
         if self._fatal is not None:
@@ -214,9 +213,8 @@ class WorkerPool:
         claiming = loops["claim"]
         claiming.add_done_callback(lambda _: self._held.notify())
         self._claimer.stop()
-        if not await self._wait_until(claiming.done):
-            claiming.cancel()  # what it would have claimed comes back after its lease
-        await asyncio.gather(claiming, return_exceptions=True)
+        await self._wait_until(claiming.done)
+        await stop_tasks(claiming)  # what it would have claimed comes back after its lease
         if not await self._wait_until(lambda: self._held.active == 0):
             _log.warning("drain timed out; abandoning tasks", in_flight=self._held.active)
             await self._runner.abandon()
