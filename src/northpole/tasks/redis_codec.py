@@ -8,7 +8,7 @@ every value stays a string. Task ids are 63-bit integers, which a Lua number
 them into doubles; as hash fields they are never converted. Small hashes are
 stored as listpacks, about as compact as an encoded blob. The field names are
 :data:`northpole.tasks.redis_keys.FIELDS`; a None value is an absent field.
-A field at its default is absent too (:data:`DEFAULTS`): a new task's record
+A field at its default is absent too (:data:`DEFAULTED`): a new task's record
 is 9 fields, not 14, which is a tenth of the submit script's Redis time.
 ``dependencies`` is a comma-separated list of ids and ``metadata`` JSON text,
 both absent when empty: the scripts never look inside them.
@@ -31,16 +31,17 @@ STATES = {state.value: state for state in TaskState}
 #: the fixed head is always these 9 pairs in this order; optional pairs follow.
 HEAD_FIELDS = ("i", "g", "y", "p", "r", "pa", "s", "c", "sk")
 
-#: Fields left out of a record while they hold their default: attempts, retry count
-#: and fence are 0, and the update and available times equal the creation time.
-#: Every reader (:func:`task_from_hash`, the scripts' ``load``) fills them in.
-DEFAULTS = {"n": "0", "rc": "0", "f": "0", "u": "c", "a": "c"}
+#: Fields left out of a record while they hold their default: attempts (``n``), retry
+#: count (``rc``) and fence (``f``) while 0, the update (``u``) and available (``a``)
+#: times while they equal the creation time. Every reader (:func:`task_from_hash`, the
+#: scripts' ``load``) fills them in.
+DEFAULTED = frozenset({"n", "rc", "f", "u", "a"})
 
 
 def task_fields(task: Task, *, aging_ms: int) -> list[str]:  # noqa: C901 - flat on purpose
     """Return a task as the flat ``[field, value, ...]`` list of its hash.
 
-    None fields are left out, and so are those at their :data:`DEFAULTS`. The
+    None fields are left out, and so are those at their :data:`DEFAULTED`. The
     first 9 pairs are :data:`HEAD_FIELDS` in that order (the ``submit`` script
     reads type, priority, state, created and sched_key by position); optional
     fields follow.
@@ -105,7 +106,7 @@ def _int(value: str | None) -> int | None:
 
 
 def task_from_hash(fields: Mapping[str, str]) -> Task:
-    """Build a Task from its hash fields (as HGETALL returns them; see :data:`DEFAULTS`)."""
+    """Build a Task from its hash fields (as HGETALL returns them; see :data:`DEFAULTED`)."""
     deps = fields.get("d")
     meta = fields.get("m")
     created = fields["c"]

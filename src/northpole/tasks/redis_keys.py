@@ -79,7 +79,7 @@ def directory_bucket(task_id: int) -> int:
 
 
 #: The task record's hash fields (absent field = None, or for ``n``, ``rc``, ``f``, ``u``
-#: and ``a`` their default: :data:`northpole.tasks.redis_codec.DEFAULTS`), in Task field
+#: and ``a`` their default: :data:`northpole.tasks.redis_codec.DEFAULTED`), in Task field
 #: order, then the store's own: ``sk`` sched_key and ``cl`` when the running attempt was
 #: claimed.
 FIELDS = {

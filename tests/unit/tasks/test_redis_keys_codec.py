@@ -13,7 +13,7 @@ from northpole.core.errors import InvalidInput
 from northpole.idgen import IdGenerator, encode
 from northpole.tasks.model import Task, TaskState
 from northpole.tasks.redis_codec import (
-    DEFAULTS,
+    DEFAULTED,
     HEAD_FIELDS,
     depth_key,
     event_from_reply,
@@ -166,13 +166,13 @@ def test_fields_at_their_default_are_left_out_and_read_back() -> None:
         created_ms=500, updated_ms=500, available_ms=500, attempts=0, retry_count=0, fence=0
     )
     names = task_fields(fresh, aging_ms=1)[0::2]
-    assert not set(DEFAULTS) & set(names)
+    assert not set(DEFAULTED) & set(names)
     assert task_from_flat(task_fields(fresh, aging_ms=1)) == fresh
     moved = _task(
         created_ms=500, updated_ms=600, available_ms=700, attempts=2, retry_count=1, fence=3
     )
     names = task_fields(moved, aging_ms=1)[0::2]
-    assert set(DEFAULTS) <= set(names)
+    assert set(DEFAULTED) <= set(names)
     assert task_from_flat(task_fields(moved, aging_ms=1)) == moved
 
 

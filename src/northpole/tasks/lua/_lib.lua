@@ -46,7 +46,7 @@ local function wake()
 end
 
 -- Return the record of a task as a table of fields (plus .id), or nil. Fields at their
--- default are not stored (redis_codec.DEFAULTS): attempts, retry count and fence 0,
+-- default are not stored (redis_codec.DEFAULTED): attempts, retry count and fence 0,
 -- updated and available times the creation time; they are filled in here.
 local function load(id)
   local raw = redis.call('HGETALL', tkey(id))
