@@ -36,6 +36,17 @@ from northpole.core.validation import describe_error, field_from_loc, parse_body
 # -- settings ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("level", ["0", "10", "fast"])
+def test_a_gzip_level_outside_1_to_9_is_refused_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, level: str
+) -> None:
+    """NORTHPOLE_HTTP__GZIP_LEVEL must be a zlib level; the error names http.gzip_level."""
+    monkeypatch.setenv("NORTHPOLE_HTTP__GZIP_LEVEL", level)
+    with pytest.raises(ValidationError) as info:
+        Settings()
+    assert [e["loc"] for e in info.value.errors()] == [("http", "gzip_level")]
+
+
 def test_settings_defaults() -> None:
     """With no environment, Settings has the documented defaults."""
     settings = Settings()
